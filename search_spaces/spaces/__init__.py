@@ -1,0 +1,1 @@
+"""Built-in search space definitions (TOML files shipped inside the wheel)."""
