@@ -1,0 +1,18 @@
+"""nas: hardware-aware search over efficient transformer architectures.
+
+The search layer: Optuna studies, the evolution sampler, progressive dynamic
+hurdles, storage, export and the `nas` command line.
+"""
+
+from __future__ import annotations
+
+
+def load_best(study: str, *, storage: str | None = None, trial: int | None = None):
+    """The best feasible architecture of a study as a `torch.nn.Module` with its
+    trained weights (see `nas.export.load_best`)."""
+    from nas.export import load_best as _load_best
+
+    return _load_best(study, storage=storage, trial=trial)
+
+
+__all__ = ["load_best"]

@@ -1,0 +1,51 @@
+"""The interchangeable samplers and pruners, by the names the command line uses."""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Sequence
+
+import optuna
+
+SAMPLERS = ("evolution", "tpe", "nsga2", "cmaes", "gp", "random")
+PRUNERS = ("hurdles", "median", "hyperband", "none")
+
+
+def make_sampler(name: str, *, seed: int | None, population: int = 20, tournament: int = 5,
+                 mutation_prob: float = 0.2) -> optuna.samplers.BaseSampler:
+    """Our evolution or one of Optuna's own samplers. All read the trials'
+    constraints (`trial.set_constraint`) where they support constraints."""
+    if name == "evolution":
+        from nas.evolution import EvolutionSampler
+
+        return EvolutionSampler(population_size=population, tournament_size=tournament,
+                                mutation_prob=mutation_prob, seed=seed)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, population))
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
+    if name == "cmaes":
+        if importlib.util.find_spec("cmaes") is None:
+            raise ValueError("--sampler cmaes needs the 'cmaes' package; install it with pip install 'nas[cmaes]' or pick another sampler")
+        # CMA-ES models numeric parameters only; our space is categorical, so it
+        # samples those through its independent sampler (Optuna's documented behaviour).
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=min(10, population))
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+
+
+def make_pruner(name: str, *, stages: Sequence[int], min_trials: int = 5) -> optuna.pruners.BasePruner:
+    if name == "hurdles":
+        from nas.hurdles import ProgressiveHurdlePruner
+
+        return ProgressiveHurdlePruner(stages=tuple(stages), min_trials=min_trials)
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=min_trials, n_warmup_steps=0)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=stages[0], max_resource=stages[-1])
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise ValueError(f"unknown pruner {name!r}; choose one of {', '.join(PRUNERS)}")

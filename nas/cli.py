@@ -1,0 +1,155 @@
+"""The `nas` command line: search, worker, show, export.
+
+Every user error ends as one line on stderr, `nas: error: <problem>; <fix>`, and
+exit status 2, before anything stored is changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from nas.choices import PRUNERS, SAMPLERS
+
+EXIT_USAGE = 2
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number")
+    return value
+
+
+def _stages(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} must be comma-separated step counts, e.g. 50,150,400") from None
+
+
+def _task_options(items: Sequence[str]) -> dict:
+    out = {}
+    for item in items or ():
+        if "=" not in item:
+            raise ValueError(f"--task-option {item!r} must look like NAME=VALUE")
+        k, v = item.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v  # a plain string, e.g. a path
+    return out
+
+
+def _add_search_args(p: argparse.ArgumentParser, *, worker: bool) -> None:
+    p.add_argument("--study", required=True, help="study name (its SQLite file is studies/NAME.db by default)")
+    p.add_argument("--storage", help="database URL (default sqlite:///studies/NAME.db; postgresql://... for many machines)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto: cuda when there is one)")
+    p.add_argument("--trials", type=int, default=30, help="finished trials in total (resume counts those already done; default 30)")
+    p.add_argument("--sampler", default="evolution", choices=SAMPLERS)
+    p.add_argument("--pruner", default="hurdles", choices=PRUNERS)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--population", type=int, default=12, help="evolution population size P (default 12)")
+    p.add_argument("--tournament", type=int, default=4, help="evolution tournament size S (default 4)")
+    p.add_argument("--mutation-prob", type=float, default=0.2)
+    p.add_argument("--hurdle-trials", type=int, default=5, help="trials whose mean fitness sets each hurdle (default 5)")
+    p.add_argument("--quiet", action="store_true", help="no per-trial lines")
+    if worker:
+        return
+    p.add_argument("--space", default="default", help="built-in space name or a .toml file (default: default)")
+    p.add_argument("--task", default="mqar", help="mqar | listops | text (default mqar)")
+    p.add_argument("--task-option", action="append", metavar="NAME=VALUE", help="a task knob, e.g. num_kv_pairs=16 or path=corpus.txt")
+    p.add_argument("--latency-ms", type=_positive_float, help="latency budget per batch in ms (default: the measured latency of a vanilla transformer)")
+    p.add_argument("--memory-mb", type=_positive_float, help="peak inference memory budget in MiB (default: none)")
+    p.add_argument("--steps", type=int, default=400, help="training steps of a candidate that clears every hurdle (default 400)")
+    p.add_argument("--stages", type=_stages, help="hurdle stages as step counts, e.g. 50,130,400 (default: steps/8, steps/3, steps)")
+    p.add_argument("--no-warm-start", action="store_true", help="do not seed the search with a vanilla transformer")
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (one per GPU, or CPU threads split)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nas", description="Search efficient transformer architectures under a measured hardware budget.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("search", help="create or resume a study and run it to --trials finished trials")
+    _add_search_args(p, worker=False)
+    p = sub.add_parser("worker", help="join an existing study (any machine) and run trials until it has --trials")
+    _add_search_args(p, worker=True)
+    p = sub.add_parser("show", help="top trials, Pareto front of fitness against latency, hurdles")
+    p.add_argument("study")
+    p.add_argument("--storage")
+    p.add_argument("--top", type=int, default=10)
+    p.add_argument("--plot", metavar="FILE.png", help="write fitness-vs-latency plot (needs matplotlib: pip install 'nas[plot]')")
+    p = sub.add_parser("export", help="write the best (or a given) trial as a standalone PyTorch module")
+    p.add_argument("study")
+    p.add_argument("--storage")
+    p.add_argument("--trial", type=int)
+    p.add_argument("--out", default=None, help="output folder (default exports/STUDY)")
+    p.add_argument("--retrain", type=int, metavar="STEPS", help="train the architecture for STEPS steps first")
+    p.add_argument("--device", default="auto")
+    return parser
+
+
+def _search_config(args: argparse.Namespace, argv: Sequence[str]):
+    from nas.export import command_line
+    from nas.search import SearchConfig
+
+    return SearchConfig(
+        study=args.study, storage=args.storage, space=args.space, task=args.task,
+        task_options=_task_options(args.task_option), latency_ms=args.latency_ms, memory_mb=args.memory_mb,
+        trials=args.trials, sampler=args.sampler, pruner=args.pruner, device=args.device, seed=args.seed,
+        steps=args.steps, stages=args.stages, population=args.population, tournament=args.tournament,
+        mutation_prob=args.mutation_prob, hurdle_trials=args.hurdle_trials, warm_start=not args.no_warm_start,
+        command=command_line(list(argv)),
+    )
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if args.command == "search":
+        cfg = _search_config(args, argv)
+        if args.workers > 1:
+            from nas.workers import run_parallel
+
+            return run_parallel(cfg, args.workers, quiet=args.quiet)
+        from nas.search import search_main
+
+        search_main(cfg, quiet=args.quiet)
+        return 0
+    if args.command == "worker":
+        from nas.workers import worker_main
+
+        return worker_main(args)
+    if args.command == "show":
+        from nas.show import show_main
+
+        return show_main(args.study, storage=args.storage, top=args.top, plot_path=args.plot)
+    if args.command == "export":
+        from nas.export import export_main
+
+        return export_main(args.study, storage=args.storage, trial=args.trial, out=args.out,
+                           retrain=args.retrain, device=args.device)
+    raise AssertionError(args.command)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from nas.errors import USER_ERRORS, one_line
+
+    try:
+        code = run(argv)
+    except USER_ERRORS as e:
+        print(f"nas: error: {one_line(e)}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("nas: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""Progressive dynamic hurdles as an Optuna pruner.
+
+So, Liang & Le, "The Evolved Transformer" (ICML 2019), section 3.2: instead of
+training every candidate for the full budget, train it to a first step count,
+compare its fitness with a *hurdle* (the mean fitness of the candidates that
+already got there) and only let it train on if it clears the hurdle; repeat at
+the next step count, and so on. Weak candidates are stopped early, and the
+saved steps go to more candidates.
+
+The exact rule implemented here
+===============================
+
+Let ``stages = (s_1 < s_2 < ... < s_K)`` be the training steps at which an
+objective reports its fitness (``trial.report(fitness, s_k)``); ``s_K`` is the
+full training budget. Let ``m = min_trials``.
+
+*Reporters at s_k.* The trials of the study in state COMPLETE, PRUNED or
+RUNNING whose intermediate values hold a **finite** value at step ``s_k`` (a
+trial pruned *at* ``s_k`` reported there, so it counts). Trials in state FAIL
+or WAITING never count; a NaN or infinite report is never used to define a
+hurdle.
+
+*Hurdle k* (only for ``k < K``; there is no hurdle at the final stage). Sort
+the reporters at ``s_k`` by trial number and take the first ``m``; call the
+number of the m-th one ``n_m``. Hurdle k **is set** when
+
+1. at least ``m`` trials have reported at ``s_k``, and
+2. no trial numbered below ``n_m`` that is RUNNING or WAITING is still
+   without a report at ``s_k`` (such a trial could still report at ``s_k``
+   and would then belong to the first ``m``).
+
+Its value is the arithmetic mean of those ``m`` values. Condition 2 is what
+makes the hurdle *stable* under parallel workers: trial numbers only grow,
+finished trials can no longer report, so once set, the defining ``m`` trials
+and the hurdle's value never change (the one exception: a defining trial that
+was still RUNNING and later ends FAIL, e.g. a killed worker, drops out, and the
+next reporter by number takes its place).
+
+*Pruning.* ``prune(study, trial)`` looks only at the trial's latest report,
+at step ``s = trial.last_step`` with value ``v``:
+
+- ``s`` is not a stage, or ``s == s_K`` (final stage): never pruned;
+- ``s = s_k`` with ``k < K`` and ``v`` is NaN: pruned (whether or not the
+  hurdle is set: a diverged run is not worth training further);
+- otherwise pruned iff hurdle k is set, the trial is not one of the ``m``
+  trials defining it, and ``v < hurdle`` when the study maximizes
+  (``v > hurdle`` when it minimizes). A value equal to the hurdle passes.
+
+The pruner keeps no state: everything is recomputed from the study's storage
+on each call, so resumed studies and parallel workers (same SQLite or
+PostgreSQL storage) agree. The decision is taken when the trial reports; a
+trial that reported before its hurdle was set is not pruned retroactively.
+
+When a trial is pruned (the objective raises :class:`optuna.TrialPruned`),
+Optuna 5 stores it as PRUNED with its last intermediate value as its value
+(``optuna/study/_tell.py``; left ``None`` when that value is NaN), so its
+fitness at the stage where it stopped stays readable, also from
+``trial.intermediate_values``.
+
+Usage::
+
+    pruner = ProgressiveHurdlePruner(stages=(1_000, 3_000, 9_000), min_trials=5)
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+
+    def objective(trial):
+        done = 0
+        for step in pruner.stages:
+            task.train(model, step - done)
+            done = step
+            fitness = task.evaluate(model)
+            trial.report(fitness, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return fitness
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import optuna
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+__all__ = ["Hurdle", "ProgressiveHurdlePruner"]
+
+# Trials whose report at a stage may define its hurdle.
+_REPORTER_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+# Unfinished trials that may still report at a stage.
+_PENDING_STATES = (TrialState.RUNNING, TrialState.WAITING)
+
+
+@dataclass(frozen=True)
+class Hurdle:
+    """A set hurdle: the stage's step, its value, and the trials defining it."""
+
+    step: int
+    value: float
+    trial_numbers: tuple[int, ...]
+
+
+class ProgressiveHurdlePruner(optuna.pruners.BasePruner):
+    """Prune trials that fall below the progressive dynamic hurdles.
+
+    See the module docstring for the exact rule.
+
+    Args:
+        stages: Strictly increasing positive step counts at which the objective
+            reports its fitness; the last one is the full training budget (no
+            hurdle there).
+        min_trials: How many trials (the lowest-numbered to report at a stage)
+            define that stage's hurdle; until that many have reported, nobody
+            is pruned there.
+    """
+
+    def __init__(self, stages: Sequence[int], min_trials: int = 5) -> None:
+        if isinstance(stages, (str, bytes)) or not isinstance(stages, Sequence):
+            raise ValueError(f"stages must be a sequence of step counts, got {stages!r}")
+        if len(stages) == 0:
+            raise ValueError("stages must not be empty")
+        for s in stages:
+            if isinstance(s, bool) or not isinstance(s, numbers.Integral):
+                raise ValueError(f"stages must be integers, got {s!r} in {tuple(stages)!r}")
+            if s < 1:
+                raise ValueError(f"stages must be positive step counts, got {s!r}")
+        if any(b <= a for a, b in zip(stages, stages[1:])):
+            raise ValueError(f"stages must be strictly increasing, got {tuple(stages)!r}")
+        if isinstance(min_trials, bool) or not isinstance(min_trials, numbers.Integral):
+            raise ValueError(f"min_trials must be an integer, got {min_trials!r}")
+        if min_trials < 1:
+            raise ValueError(f"min_trials must be >= 1, got {min_trials!r}")
+        self._stages: tuple[int, ...] = tuple(int(s) for s in stages)
+        self._min_trials = int(min_trials)
+
+    @property
+    def stages(self) -> tuple[int, ...]:
+        """The reporting steps; the last is the full budget."""
+        return self._stages
+
+    @property
+    def hurdle_stages(self) -> tuple[int, ...]:
+        """The steps that carry a hurdle (every stage but the last)."""
+        return self._stages[:-1]
+
+    @property
+    def min_trials(self) -> int:
+        """How many trials define each hurdle."""
+        return self._min_trials
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(stages={self._stages!r}, min_trials={self._min_trials})"
+
+    # ------------------------------------------------------------------ hurdles
+
+    def _hurdle(self, trials: Sequence[FrozenTrial], step: int) -> Hurdle | None:
+        """The hurdle at ``step`` computed from ``trials``, or None if not set."""
+        reporters = sorted(
+            (
+                t
+                for t in trials
+                if t.state in _REPORTER_STATES
+                and step in t.intermediate_values
+                and math.isfinite(t.intermediate_values[step])
+            ),
+            key=lambda t: t.number,
+        )
+        if len(reporters) < self._min_trials:
+            return None
+        defining = reporters[: self._min_trials]
+        last_number = defining[-1].number
+        for t in trials:
+            if (
+                t.number < last_number
+                and t.state in _PENDING_STATES
+                and step not in t.intermediate_values
+            ):
+                return None  # a lower-numbered trial may still report here
+        values = [float(t.intermediate_values[step]) for t in defining]
+        return Hurdle(
+            step=step,
+            value=math.fsum(values) / len(values),
+            trial_numbers=tuple(t.number for t in defining),
+        )
+
+    def hurdle_details(self, study: optuna.study.Study) -> dict[int, Hurdle]:
+        """Stage step -> :class:`Hurdle` for each hurdle that is set."""
+        trials = study.get_trials(deepcopy=False, states=_REPORTER_STATES + (TrialState.WAITING,))
+        out: dict[int, Hurdle] = {}
+        for step in self.hurdle_stages:
+            h = self._hurdle(trials, step)
+            if h is not None:
+                out[step] = h
+        return out
+
+    def hurdles(self, study: optuna.study.Study) -> dict[int, float]:
+        """Stage step -> hurdle value, for the hurdles that are set (for display)."""
+        return {step: h.value for step, h in self.hurdle_details(study).items()}
+
+    # ------------------------------------------------------------------ pruning
+
+    def prune(self, study: optuna.study.Study, trial: FrozenTrial) -> bool:
+        step = trial.last_step
+        if step is None or step not in self.hurdle_stages:
+            return False
+        value = trial.intermediate_values[step]
+        if math.isnan(value):
+            return True
+        trials = study.get_trials(deepcopy=False, states=_REPORTER_STATES + (TrialState.WAITING,))
+        hurdle = self._hurdle(trials, step)
+        if hurdle is None or trial.number in hurdle.trial_numbers:
+            return False
+        if study.direction == StudyDirection.MINIMIZE:
+            return value > hurdle.value
+        return value < hurdle.value

@@ -1,0 +1,224 @@
+"""One trial: sample an ArchSpec, measure its cost, stop if over budget, else train
+in stages reporting to the pruner, and return the fitness.
+
+Budget first: latency and memory are measured on the device before any training,
+so a candidate over budget costs a measurement (well under a second on CPU, and
+nothing when the architecture was measured before: `nas_measurements` cache) and
+no training. It is recorded infeasible through `trial.set_constraint` and ends
+PRUNED with the user attribute `stopped = "over budget: ..."`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+
+from evaluators.errors import TrialFailure
+from evaluators.hardware import measure_latency, measure_memory
+from evaluators.tasks.base import Task
+from evaluators.training import Trainer
+from nas.tables import MeasureKey, Tables
+from search_spaces import ArchSpec, SearchSpace, SpecError, build_model, count_parameters
+
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The hardware budget: inference latency of one batch (ms) and, optionally,
+    peak inference memory (MiB), both measured on the search's device."""
+
+    latency_ms: float | None
+    memory_mb: float | None = None
+
+    def __post_init__(self) -> None:
+        for name, v in (("--latency-ms", self.latency_ms), ("--memory-mb", self.memory_mb)):
+            if v is not None and not (v > 0 and v < float("inf")):
+                raise ValueError(f"{name} must be a positive number of {'milliseconds' if 'lat' in name else 'MiB'}, got {v}")
+
+    def violations(self, latency_ms: float, memory_mb: float | None) -> dict[str, float]:
+        """Constraint values (<= 0 is feasible), in the budget's own units; a
+        quantity not measured (None) gets no constraint value."""
+        out = {}
+        if self.latency_ms is not None:
+            out["latency_ms"] = latency_ms - self.latency_ms
+        if self.memory_mb is not None and memory_mb is not None:
+            out["memory_mb"] = memory_mb - self.memory_mb
+        return out
+
+
+@dataclass(frozen=True)
+class Measurement:
+    latency: dict[str, Any]
+    memory: dict[str, Any] | None  # None: not measured (not needed to decide)
+    cached: bool
+    seconds: float
+
+    @property
+    def latency_ms(self) -> float:
+        return float(self.latency["median_ms"])
+
+    @property
+    def memory_mb(self) -> float | None:
+        return None if self.memory is None else float(self.memory["inference_bytes"]) / MB
+
+
+def device_label(device: torch.device, threads: int) -> str:
+    """What the measurements were taken on; part of the cache key and of the
+    study's identity (a CPU latency depends on the thread count it ran with)."""
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return f"cpu:{threads}threads"
+
+
+def measure(spec: ArchSpec, *, device: torch.device, batch_size: int, tables: Tables | None,
+            threads: int, dtype: torch.dtype = torch.float32, seed: int = 0, memory: bool = True) -> Measurement:
+    """Measured latency (and, if `memory`, peak memory) of `spec` on `device`, from
+    the cache when this architecture was measured before on the same device,
+    shapes and dtype. Latency comes first: an architecture over the latency budget
+    is rejected without paying for the slower memory measurement."""
+    key = MeasureKey(spec.content_hash(), device_label(device, threads), batch_size, spec.max_seq_len,
+                     str(dtype).split(".")[-1])
+    lat = mem = None
+    if tables is not None:
+        hit = tables.get_measurement(key)
+        if hit is not None:
+            lat, mem = hit
+            if mem is not None or not memory:
+                return Measurement(lat, mem, cached=True, seconds=0.0)
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    model = build_model(spec).to(device).eval()
+    kw = dict(batch_size=batch_size, seq_len=spec.max_seq_len, vocab_size=spec.vocab_size, device=device, dtype=dtype)
+    cached = lat is not None
+    if lat is None:
+        lat = measure_latency(model, threads=threads, **kw).to_dict()
+    if memory:
+        mem = measure_memory(model, **kw).to_dict()
+    if tables is not None:
+        tables.put_measurement(key, lat, mem)
+    return Measurement(lat, mem, cached=cached, seconds=time.perf_counter() - t0)
+
+
+class Objective:
+    """The function Optuna calls once per trial (see module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        study_name: str,
+        task: Task,
+        space: SearchSpace,
+        budget: Budget,
+        device: torch.device,
+        stages: tuple[int, ...],
+        tables: Tables | None,
+        checkpoint_dir: Path | None,
+        seed: int = 0,
+        measure_batch: int | None = None,
+        threads: int | None = None,
+        train_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.study_name = study_name
+        self.task = task
+        self.space = space
+        self.budget = budget
+        self.device = device
+        self.stages = tuple(stages)
+        self.tables = tables
+        self.checkpoint_dir = checkpoint_dir
+        self.seed = seed
+        self.measure_batch = measure_batch or task.batch_size
+        self.threads = threads or torch.get_num_threads()
+        self.train_options = dict(train_options or {})
+
+    def sample(self, trial: optuna.Trial) -> ArchSpec:
+        return self.space.sample(lambda name, choices: trial.suggest_categorical(name, list(choices)), self.task.shape)
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        try:
+            spec = self.sample(trial)
+        except SpecError as e:
+            trial.set_user_attr("failure", f"invalid architecture: {e}")
+            raise
+        trial.set_user_attr("arch", spec.to_json())
+        trial.set_user_attr("arch_hash", spec.content_hash())
+        trial.set_user_attr("attention_mix", ",".join(layer.attention for layer in spec.layers))
+        trial.set_user_attr("device", device_label(self.device, self.threads))
+        trial.set_user_attr("seed", self.seed)
+
+        # 1. Cost, measured before any training: latency, then memory.
+        m = measure(spec, device=self.device, batch_size=self.measure_batch, tables=self.tables,
+                    threads=self.threads, seed=self.seed, memory=False)
+        trial.set_user_attr("latency_ms", m.latency_ms)
+        trial.set_user_attr("latency_cv", float(m.latency.get("cv", float("nan"))))
+        trial.set_user_attr("measure_cached", m.cached)
+        seconds = m.seconds
+        if self.budget.latency_ms is not None and m.latency_ms > self.budget.latency_ms:
+            self._stop_over_budget(trial, m, f"latency {m.latency_ms:.3g} ms > {self.budget.latency_ms:g} ms")
+        m = measure(spec, device=self.device, batch_size=self.measure_batch, tables=self.tables,
+                    threads=self.threads, seed=self.seed, memory=True)
+        seconds += m.seconds
+        trial.set_user_attr("memory_mb", m.memory_mb)
+        trial.set_user_attr("train_memory_mb", float(m.memory["train_step_bytes"]) / MB)
+        trial.set_user_attr("measure_seconds", seconds)
+        if self.budget.memory_mb is not None and m.memory_mb > self.budget.memory_mb:
+            self._stop_over_budget(trial, m, f"memory {m.memory_mb:.3g} MiB > {self.budget.memory_mb:g} MiB")
+        for key, value in self.budget.violations(m.latency_ms, m.memory_mb).items():
+            trial.set_constraint(key, value)
+
+        # 2. Train in stages; each stage's fitness goes to the pruner (the hurdles).
+        torch.manual_seed(self.seed)
+        model = build_model(spec).to(self.device)
+        trial.set_user_attr("params", count_parameters(model))
+        trainer = Trainer(model, self.task, max_steps=self.stages[-1], device=self.device, seed=self.seed,
+                          **self.train_options)
+        t0 = time.perf_counter()
+        reached: dict[int, float] = {}
+
+        def report(step: int, result) -> None:
+            reached[step] = float(result.fitness)
+            trial.report(result.fitness, step)
+            trial.set_user_attr("steps_trained", step)
+            trial.set_user_attr("train_seconds", time.perf_counter() - t0)
+            trial.set_user_attr("metrics", {k: float(v) for k, v in result.metrics.items()})
+            if step < self.stages[-1] and trial.should_prune():
+                trial.set_user_attr("stopped", f"below the hurdle at step {step}")
+                raise optuna.TrialPruned(f"fitness {result.fitness:.4g} below the hurdle at step {step}")
+
+        try:
+            trainer.train(self.stages[-1], report_at=self.stages, report=report)
+        except TrialFailure as e:
+            trial.set_user_attr("failure", e.reason)
+            trial.set_user_attr("steps_trained", trainer.steps_done)
+            raise
+        fitness = reached[self.stages[-1]]
+
+        # 3. It cleared every hurdle: keep its weights so the winner exports trained.
+        if self.checkpoint_dir is not None and self.tables is not None:
+            self.save_checkpoint(trial, spec, model)
+        return fitness
+
+    def _stop_over_budget(self, trial: optuna.Trial, m: Measurement, why: str) -> None:
+        """Record the candidate infeasible and end it untrained (PRUNED)."""
+        for key, value in self.budget.violations(m.latency_ms, m.memory_mb).items():
+            trial.set_constraint(key, value)
+        trial.set_user_attr("measure_seconds", m.seconds)
+        trial.set_user_attr("stopped", f"over budget: {why}")
+        trial.set_user_attr("steps_trained", 0)
+        raise optuna.TrialPruned(f"over budget: {why}")
+
+    def save_checkpoint(self, trial: optuna.Trial, spec: ArchSpec, model: torch.nn.Module) -> None:
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        path = self.checkpoint_dir / f"trial_{trial.number}.pt"
+        tmp = path.with_suffix(".pt.tmp")
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        torch.save(state, tmp)
+        tmp.replace(path)  # atomic: a killed worker never leaves a half-written checkpoint
+        self.tables.put_checkpoint(self.study_name, trial.number, str(path.resolve()), spec.content_hash(), self.stages[-1])
+        trial.set_user_attr("checkpoint", str(path.resolve()))

@@ -1,0 +1,102 @@
+"""Reading a study's results: feasibility, the best feasible trial, the Pareto
+front of fitness against latency, and the tables `nas search` and `nas show` print.
+Everything here reads Optuna's public API only, so what we show is what any Optuna
+tool (optuna-dashboard, optuna.visualization) sees."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def finished_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def is_feasible(trial: FrozenTrial) -> bool:
+    """All constraints <= 0, and the trial was measured (has a latency)."""
+    return "latency_ms" in trial.user_attrs and all(v <= 0 for v in trial.constraints.values())
+
+
+def fitness(trial: FrozenTrial) -> float | None:
+    """The trial's fitness: its value, or for a pruned trial its last reported one."""
+    if trial.value is not None:
+        return trial.value
+    if trial.intermediate_values:
+        return trial.intermediate_values[max(trial.intermediate_values)]
+    return None
+
+
+def fully_trained(study: optuna.Study) -> list[FrozenTrial]:
+    """COMPLETE, feasible trials: trained through every stage."""
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.value is not None and is_feasible(t)]
+
+
+def best_feasible(study: optuna.Study) -> FrozenTrial | None:
+    """The best COMPLETE feasible trial (highest fitness; lower latency breaks ties)."""
+    trials = fully_trained(study)
+    if not trials:
+        return None
+    return max(trials, key=lambda t: (t.value, -t.user_attrs.get("latency_ms", math.inf), -t.number))
+
+
+def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
+    """Fully trained feasible trials that no other beats on both fitness (higher)
+    and latency (lower), sorted by latency."""
+    trials = sorted(fully_trained(study), key=lambda t: (t.user_attrs["latency_ms"], -t.value))
+    front, best = [], -math.inf
+    for t in trials:
+        if t.value > best:
+            front.append(t)
+            best = t.value
+    return front
+
+
+def _row(t: FrozenTrial) -> list[str]:
+    a = t.user_attrs
+    f = fitness(t)
+    return [
+        str(t.number), t.state.name.lower(), "-" if f is None else f"{f:.4f}",
+        f"{a['latency_ms']:.3f}" if "latency_ms" in a else "-",
+        f"{a['memory_mb']:.2f}" if "memory_mb" in a else "-",
+        f"{a['params']:,}" if "params" in a else "-",
+        str(a.get("steps_trained", "-")),
+        "yes" if is_feasible(t) else "no",
+        a.get("attention_mix", "-"),
+    ]
+
+
+HEADER = ["trial", "state", "fitness", "latency ms", "memory MiB", "params", "steps", "feasible", "attention per layer"]
+
+
+def format_table(rows: list[list[str]], header: list[str] = HEADER) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = lambda r: "  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def top_trials(study: optuna.Study, top: int) -> list[FrozenTrial]:
+    """Feasible fully trained first by fitness, then the rest by fitness."""
+    trials = study.get_trials(deepcopy=False, states=FINISHED)
+    key = lambda t: (t.state == TrialState.COMPLETE and is_feasible(t), fitness(t) if fitness(t) is not None else -math.inf)  # noqa: E731
+    return sorted(trials, key=key, reverse=True)[:top]
+
+
+def summary_table(study: optuna.Study, top: int = 5) -> str:
+    best = best_feasible(study)
+    lines = [f"study {study.study_name}: {finished_count(study)} finished trials, "
+             f"{len(fully_trained(study))} trained to the end and feasible"]
+    lines.append(format_table([_row(t) for t in top_trials(study, top)]))
+    if best is None:
+        lines.append("no feasible fully trained architecture yet")
+    else:
+        a = best.user_attrs
+        lines.append(f"best feasible: trial {best.number}, fitness {best.value:.4f}, measured latency "
+                     f"{a['latency_ms']:.3f} ms, memory {a['memory_mb']:.2f} MiB on {a.get('device', '?')}")
+        lines.append(f"architecture: {a.get('arch', '?')}")
+    return "\n".join(lines)

@@ -1,0 +1,322 @@
+"""`nas search`: create or resume a study and run trials until it has N finished.
+
+A study remembers what it searches (task, space, budget, device, stages) in its
+user attributes, so running the same command again resumes it, and running it
+with a different task, space, budget or device is refused with a message naming
+the difference, before anything is stored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, TextIO
+
+import optuna
+import torch
+
+from evaluators.errors import TaskError, TrialFailure
+from evaluators.hardware import resolve_device
+from evaluators.tasks import get_task
+from nas.choices import make_pruner, make_sampler
+from nas.objective import Budget, Objective, measure
+from nas.results import best_feasible, finished_count, summary_table
+from nas.storage import STUDIES_DIR, StorageError, check_storage, check_study_name, default_url, open_storage, redact, sqlite_path
+from nas.tables import Tables
+from search_spaces import SearchSpace, SpecError, load_space
+
+CONFIG_ATTR = "nas:config"
+IDENTITY_KEYS = ("task", "space", "budget", "device", "stages", "measure_batch")
+
+
+class SearchError(ValueError):
+    """A search that cannot start as asked. One line: the problem and the fix."""
+
+
+def default_stages(steps: int) -> tuple[int, ...]:
+    """Three stages ending at `steps`: 1/8, 1/3 and all of it (the first hurdle
+    comes early, where the Evolved Transformer's first hurdle cut the most)."""
+    if steps < 3:
+        return (steps,)
+    return tuple(sorted({max(1, round(steps / 8)), max(2, round(steps / 3)), steps}))
+
+
+@dataclass
+class SearchConfig:
+    study: str
+    storage: str | None = None
+    space: str | SearchSpace = "default"
+    task: str = "mqar"
+    task_options: dict[str, Any] = field(default_factory=dict)
+    latency_ms: float | None = None
+    memory_mb: float | None = None
+    trials: int = 30
+    sampler: str = "evolution"
+    pruner: str = "hurdles"
+    device: str = "auto"
+    seed: int = 0
+    steps: int = 400
+    stages: tuple[int, ...] | None = None
+    population: int = 12
+    tournament: int = 4
+    mutation_prob: float = 0.2
+    hurdle_trials: int = 5
+    warm_start: bool = True
+    measure_threads: int | None = None
+    train_options: dict[str, Any] = field(default_factory=dict)
+    command: str | None = None  # the command line that started the study, password redacted
+
+    def url(self) -> str:
+        return self.storage or default_url(self.study)
+
+
+def _vanilla_params(space: SearchSpace) -> dict[str, Any] | None:
+    """A plain transformer (all `full` attention) of the space's widest width and
+    middle depth, enqueued first as the evolution's warm start and reference."""
+    if "full" not in space.attention:
+        return None
+    d_model = max(space.d_model)
+    depth = sorted(space.depth)[len(space.depth) // 2]
+    heads = max(h for h in space.heads if d_model % h == 0)
+    params: dict[str, Any] = {"d_model": d_model, "depth": depth}
+    for i in range(depth):
+        params.update({f"layer{i}.attention": "full", f"layer{i}.heads": heads, f"layer{i}.ffn_mult": max(space.ffn_mult)})
+    return params
+
+
+def _spec_from_params(space: SearchSpace, params: dict[str, Any], shape) -> Any:
+    return space.sample(lambda name, choices: params[name], shape)
+
+
+def _describe_diff(stored: dict[str, Any], wanted: dict[str, Any]) -> str:
+    diffs = []
+    for key in IDENTITY_KEYS:
+        if stored.get(key) != wanted.get(key):
+            diffs.append(f"{key}: stored {json.dumps(stored.get(key), sort_keys=True)} vs asked {json.dumps(wanted.get(key), sort_keys=True)}")
+    return "; ".join(diffs)
+
+
+class Search:
+    """Everything one worker needs to run trials of one study."""
+
+    def __init__(self, cfg: SearchConfig, *, log: TextIO = sys.stdout, create: bool = True) -> None:
+        self.cfg = cfg
+        self.log = log
+        check_study_name(cfg.study)
+        if cfg.trials is not None and cfg.trials <= 0:
+            raise SearchError(f"--trials must be a positive number of finished trials, got {cfg.trials}")
+        try:
+            Budget(cfg.latency_ms, cfg.memory_mb)  # validates numbers before any work
+        except ValueError as e:
+            raise SearchError(str(e)) from None
+        try:
+            self.task = get_task(cfg.task, **cfg.task_options)
+        except TaskError as e:
+            raise SearchError(str(e)) from None
+        space = cfg.space if isinstance(cfg.space, SearchSpace) else load_space(cfg.space)
+        self.space = space.for_task(self.task.shape)
+        try:
+            self.device = resolve_device(cfg.device)
+        except ValueError as e:
+            raise SearchError(str(e)) from None
+        self.threads = cfg.measure_threads or torch.get_num_threads()
+        self.stages = tuple(cfg.stages) if cfg.stages else default_stages(cfg.steps)
+        if any(s <= 0 for s in self.stages) or list(self.stages) != sorted(set(self.stages)):
+            raise SearchError(f"--stages must be strictly increasing positive step counts, got {list(self.stages)}")
+        self.url = cfg.url()
+        if cfg.storage is None:
+            Path(STUDIES_DIR).mkdir(exist_ok=True)
+        check_storage(self.url)
+        self.storage = None
+        self.study: optuna.Study | None = None
+        self.budget: Budget | None = None
+        self._open(create)
+
+    # ---- creation / resumption ---------------------------------------------------
+    def _identity(self, budget: Budget) -> dict[str, Any]:
+        from nas.objective import device_label
+
+        return {
+            "task": {"name": self.task.name, "options": self.task.options()},
+            "space": {"name": self.space.name, "definition": _space_dict(self.space)},
+            "budget": {"latency_ms": budget.latency_ms, "memory_mb": budget.memory_mb},
+            "device": device_label(self.device, self.threads),
+            "stages": list(self.stages),
+            "measure_batch": self.task.batch_size,
+        }
+
+    def _study_exists(self) -> bool:
+        path = sqlite_path(self.url)
+        if path is not None and not path.exists():
+            return False
+        self.storage = open_storage(self.url)
+        return any(s.study_name == self.cfg.study for s in self.storage.get_all_studies())
+
+    def _open(self, create: bool) -> None:
+        cfg = self.cfg
+        if self._study_exists():
+            study = optuna.load_study(study_name=cfg.study, storage=self.storage)
+            stored = study.user_attrs.get(CONFIG_ATTR)
+            if stored is None:
+                raise SearchError(f"study {cfg.study!r} in {redact(self.url)} was not made by nas (no {CONFIG_ATTR}); pick another --study name")
+            budget = Budget(
+                cfg.latency_ms if cfg.latency_ms is not None else stored["budget"]["latency_ms"],
+                cfg.memory_mb if cfg.memory_mb is not None else stored["budget"]["memory_mb"],
+            )
+            wanted = self._identity(budget)
+            if cfg.stages is None and cfg.steps == SearchConfig.steps:
+                wanted["stages"] = stored["stages"]  # not asked for: keep the study's
+                self.stages = tuple(stored["stages"])
+            diff = _describe_diff(stored, wanted)
+            if diff:
+                raise SearchError(f"study {cfg.study!r} exists with different settings ({diff}); run with the stored settings or use a new --study name")
+            self.budget = budget
+            self._print(f"resuming study {cfg.study!r} in {redact(self.url)}: {finished_count(study)} finished trials")
+            return
+        if not create:
+            raise SearchError(f"no study {cfg.study!r} in {redact(self.url)}; start it with nas search --study {cfg.study}")
+        budget = self._initial_budget()
+        self.budget = budget
+        if self.storage is None:
+            self.storage = open_storage(self.url)
+        study = optuna.create_study(study_name=cfg.study, storage=self.storage, direction="maximize",
+                                    sampler=optuna.samplers.RandomSampler(seed=0))
+        study.set_user_attr(CONFIG_ATTR, self._identity(budget))
+        if cfg.command:
+            study.set_user_attr("nas:command", cfg.command)
+        study.set_user_attr("nas:description", f"{self.task.name} on space {self.space.name}: {self.task.description}")
+        if cfg.warm_start:
+            vanilla = _vanilla_params(self.space)
+            if vanilla is not None:
+                study.enqueue_trial(vanilla, user_attrs={"warm_start": "vanilla transformer"})
+        self._print(f"created study {cfg.study!r} in {redact(self.url)}")
+
+    def _initial_budget(self) -> Budget:
+        """The budget of a new study; checked against the cheapest architecture of
+        the space, measured on this device, so an impossible budget fails now."""
+        cfg = self.cfg
+        shape = self.task.shape
+        cheapest = self.space.cheapest(shape)
+        m = measure(cheapest, device=self.device, batch_size=self.task.batch_size, tables=None,
+                    threads=self.threads, seed=cfg.seed)
+        latency_ms = cfg.latency_ms
+        if latency_ms is None:
+            vanilla = _vanilla_params(self.space)
+            ref = _spec_from_params(self.space, vanilla, shape) if vanilla else cheapest
+            r = measure(ref, device=self.device, batch_size=self.task.batch_size, tables=None,
+                        threads=self.threads, seed=cfg.seed)
+            latency_ms = round(r.latency_ms, 3)
+            self._print(f"no --latency-ms given: budget = measured latency of the {'vanilla transformer' if vanilla else 'cheapest architecture'} "
+                        f"({latency_ms:.3f} ms per batch of {self.task.batch_size} on {self.device.type})")
+        if m.latency_ms > latency_ms:
+            raise SearchError(
+                f"latency budget {latency_ms:g} ms cannot be met: the cheapest architecture of space {self.space.name!r} "
+                f"measures {m.latency_ms:.3f} ms on {self.device.type}; raise --latency-ms above {m.latency_ms:.3f}"
+            )
+        if cfg.memory_mb is not None and m.memory_mb > cfg.memory_mb:
+            raise SearchError(
+                f"memory budget {cfg.memory_mb:g} MiB cannot be met: the cheapest architecture of space {self.space.name!r} "
+                f"peaks at {m.memory_mb:.3f} MiB on {self.device.type}; raise --memory-mb above {m.memory_mb:.3f}"
+            )
+        return Budget(latency_ms, cfg.memory_mb)
+
+    def _print(self, msg: str) -> None:
+        print(msg, file=self.log, flush=True)
+
+    # ---- running -------------------------------------------------------------------
+    def objective(self) -> Objective:
+        path = sqlite_path(self.url)
+        ckpt_root = (path.parent if path is not None else Path(STUDIES_DIR)) / self.cfg.study / "checkpoints"
+        return Objective(
+            study_name=self.cfg.study, task=self.task, space=self.space, budget=self.budget,
+            device=self.device, stages=self.stages, tables=Tables(self.url), checkpoint_dir=ckpt_root,
+            seed=self.cfg.seed, measure_batch=self.task.batch_size, threads=self.threads,
+            train_options=self.cfg.train_options,
+        )
+
+    def load(self) -> optuna.Study:
+        cfg = self.cfg
+        sampler = make_sampler(cfg.sampler, seed=cfg.seed, population=cfg.population,
+                               tournament=cfg.tournament, mutation_prob=cfg.mutation_prob)
+        pruner = make_pruner(cfg.pruner, stages=self.stages, min_trials=cfg.hurdle_trials)
+        return optuna.load_study(study_name=cfg.study, storage=self.storage, sampler=sampler, pruner=pruner)
+
+    def run(self, *, progress: bool = True, on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None) -> optuna.Study:
+        """Run trials until the study has `cfg.trials` finished (COMPLETE or
+        PRUNED) trials in total. Failed trials (NaN, OOM, a killed worker) do not
+        count; after as many failures as the target the search stops and says so."""
+        study = self.load()
+        objective = self.objective()
+        target = self.cfg.trials
+        bar = _Progress(study, target, self.log if progress else None)
+        max_failures = max(target, 10)
+
+        def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            bar.update(study, trial)
+            if on_trial is not None:
+                on_trial(study, trial)
+            if finished_count(study) >= target:
+                study.stop()
+            elif _failed_count(study) >= max_failures:
+                study.stop()
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        while finished_count(study) < target and _failed_count(study) < max_failures:
+            remaining = target - finished_count(study)
+            study.optimize(objective, n_trials=remaining, catch=(TrialFailure, SpecError),
+                           callbacks=[callback], gc_after_trial=False)
+        bar.close()
+        if finished_count(study) < target:
+            self._print(f"stopped after {_failed_count(study)} failed trials; see `nas show {self.cfg.study}` for their reasons")
+        return study
+
+
+def _failed_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)))
+
+
+def _space_dict(space: SearchSpace) -> dict[str, Any]:
+    return {
+        "d_model": list(space.d_model), "depth": list(space.depth), "attention": list(space.attention),
+        "heads": list(space.heads), "ffn_mult": list(space.ffn_mult),
+        "knobs": {k: list(v) for k, v in sorted(space.knobs.items())},
+    }
+
+
+class _Progress:
+    """One line per finished trial and a running best: trials done / target,
+    best feasible fitness and its measured latency."""
+
+    def __init__(self, study: optuna.Study, target: int, out: TextIO | None) -> None:
+        self.target = target
+        self.out = out
+        self.done = finished_count(study)
+
+    def update(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if self.out is None:
+            return
+        self.done = finished_count(study)
+        best = best_feasible(study)
+        attrs = trial.user_attrs
+        state = trial.state.name
+        what = attrs.get("stopped") or attrs.get("failure") or ""
+        value = "" if trial.value is None else f"fitness {trial.value:.4f}"
+        lat = f"{attrs['latency_ms']:.3f} ms" if "latency_ms" in attrs else ""
+        best_s = "none feasible yet" if best is None else f"best {best.value:.4f} @ {best.user_attrs.get('latency_ms', math.nan):.3f} ms (trial {best.number})"
+        print(f"[{self.done:>3}/{self.target}] trial {trial.number:>3} {state:<8} {value:<15} {lat:<11} "
+              f"{attrs.get('attention_mix', ''):<28} {what[:60]:<0} | {best_s}", file=self.out, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+def search_main(cfg: SearchConfig, *, log: TextIO = sys.stdout, quiet: bool = False) -> optuna.Study:
+    """Create or resume, run, and print the summary table."""
+    s = Search(cfg, log=log)
+    study = s.run(progress=not quiet)
+    print("", file=log)
+    print(summary_table(study, top=5), file=log)
+    return study

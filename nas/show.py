@@ -1,0 +1,83 @@
+"""`nas show STUDY`: the top trials, the Pareto front of fitness against latency,
+the hurdles, and optionally a plot (matplotlib, an optional extra)."""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+import optuna
+
+from nas.errors import NasError
+from nas.results import HEADER, _row, fitness, format_table, is_feasible, pareto_front, summary_table
+from nas.storage import check_storage, default_url, open_storage, redact, sqlite_path
+
+
+def open_study(study: str, storage: str | None = None) -> optuna.Study:
+    """Load an existing study read-only in spirit (nothing is written), with a clear
+    error when it does not exist."""
+    url = storage or default_url(study)
+    path = sqlite_path(url)
+    if path is not None and not path.exists():
+        raise NasError(f"no study {study!r}: {path} does not exist; run nas search --study {study} first or pass --storage")
+    check_storage(url)
+    st = open_storage(url, heartbeat=False)
+    names = [s.study_name for s in st.get_all_studies()]
+    if study not in names:
+        raise NasError(f"no study {study!r} in {redact(url)}; studies there: {', '.join(names) or 'none'}")
+    return optuna.load_study(study_name=study, storage=st)
+
+
+def show(study: optuna.Study, *, top: int = 10, out: TextIO = sys.stdout) -> None:
+    print(summary_table(study, top=top), file=out)
+    front = pareto_front(study)
+    print("\nPareto front (fitness against measured latency):", file=out)
+    print(format_table([_row(t) for t in front], HEADER) if front else "empty", file=out)
+    stages = study.user_attrs.get("nas:config", {}).get("stages")
+    if stages:
+        from nas.hurdles import ProgressiveHurdlePruner
+
+        h = ProgressiveHurdlePruner(stages=stages).hurdles(study) if len(stages) > 1 else {}
+        print("\nhurdles (step: mean fitness of the first trials to reach it): "
+              + (", ".join(f"{s}: {v:.4f}" for s, v in sorted(h.items())) or "none set yet"), file=out)
+    steps = sum(t.user_attrs.get("steps_trained", 0) for t in study.get_trials(deepcopy=False))
+    print(f"training steps spent: {steps}", file=out)
+
+
+def plot(study: optuna.Study, path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise NasError("--plot needs matplotlib; install it with pip install 'nas[plot]'") from None
+    trials = [t for t in study.get_trials(deepcopy=False) if "latency_ms" in t.user_attrs and fitness(t) is not None]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for feas, color, label in ((True, "tab:blue", "feasible"), (False, "tab:gray", "over budget / pruned")):
+        pts = [(t.user_attrs["latency_ms"], fitness(t)) for t in trials
+               if (is_feasible(t) and t.state == optuna.trial.TrialState.COMPLETE) == feas]
+        if pts:
+            ax.scatter(*zip(*pts), s=14, color=color, label=label)
+    front = pareto_front(study)
+    if front:
+        ax.plot([t.user_attrs["latency_ms"] for t in front], [t.value for t in front], "-o", color="tab:red", ms=4, label="Pareto front")
+    budget = study.user_attrs.get("nas:config", {}).get("budget", {}).get("latency_ms")
+    if budget:
+        ax.axvline(budget, ls="--", color="k", lw=1, label=f"budget {budget:g} ms")
+    ax.set_xlabel("measured latency per batch (ms)")
+    ax.set_ylabel("fitness")
+    ax.set_title(study.study_name)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def show_main(study_name: str, *, storage: str | None = None, top: int = 10, plot_path: str | None = None) -> int:
+    study = open_study(study_name, storage)
+    show(study, top=top)
+    if plot_path:
+        plot(study, plot_path)
+        print(f"plot written to {plot_path}")
+    return 0

@@ -1,0 +1,138 @@
+"""Where studies live: storage URLs, their checks, and Optuna's RDB storage.
+
+Default: `sqlite:///studies/<name>.db`, one file per study; the same code takes a
+PostgreSQL URL for many machines. A URL's password never leaves this module in
+clear text: everything printed or stored uses `redact(url)`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+from pathlib import Path
+
+import optuna
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+SQLITE_MAGIC = b"SQLite format 3\x00"
+STUDIES_DIR = "studies"
+
+# A worker that stops beating for GRACE_PERIOD seconds is considered dead: its
+# RUNNING trial is marked FAIL and re-queued (same params) by the retry callback.
+HEARTBEAT_INTERVAL = 5
+GRACE_PERIOD = 20
+MAX_RETRY = 3
+
+
+class StorageError(ValueError):
+    """A storage that cannot hold a study. The message names the fix."""
+
+
+def check_study_name(name: str) -> str:
+    if not isinstance(name, str) or not STUDY_NAME.match(name):
+        raise StorageError(
+            f"study name {name!r} is not allowed; use letters, digits, '_', '.', '-' (at most 100, not starting with a symbol)"
+        )
+    return name
+
+
+def default_url(study: str, root: str | os.PathLike = STUDIES_DIR) -> str:
+    check_study_name(study)
+    return f"sqlite:///{Path(root) / f'{study}.db'}"
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced by ***."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        # Not parseable: hide anything between ':' and '@' in the authority part.
+        return re.sub(r"(//[^/:@]*:)[^@/]*@", r"\1***@", url)
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a sqlite URL, None for other backends or in-memory."""
+    try:
+        u = make_url(url)
+    except (ArgumentError, ValueError):
+        raise StorageError(f"storage URL {redact(url)!r} is malformed; use e.g. sqlite:///studies/NAME.db or postgresql://user:pass@host/db") from None
+    if not u.drivername.startswith("sqlite"):
+        return None
+    if not u.database or u.database == ":memory:":
+        return None
+    return Path(u.database)
+
+
+def check_storage(url: str, *, must_exist: bool = False) -> None:
+    """Refuse, with one clear line, a storage that cannot work: a sqlite file in a
+    folder that does not exist or is read-only, or a file that is not a sound
+    SQLite database. Nothing is created or changed by the check."""
+    path = sqlite_path(url)
+    if path is None:
+        return
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise StorageError(f"storage folder {folder} does not exist; create it (mkdir -p {folder}) or pass another --storage")
+    if path.exists():
+        if not os.access(path, os.R_OK):
+            raise StorageError(f"database file {path} is not readable; fix its permissions")
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_MAGIC))
+        if head and head != SQLITE_MAGIC:
+            raise StorageError(f"database file {path} is not an SQLite database (corrupt or another format); move it away or pass another --storage")
+        if head:
+            try:
+                con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+                try:
+                    ok = con.execute("PRAGMA quick_check").fetchone()[0]
+                finally:
+                    con.close()
+            except sqlite3.DatabaseError as e:
+                raise StorageError(f"database file {path} is corrupt ({e}); restore it from a copy or pass another --storage") from None
+            if ok != "ok":
+                raise StorageError(f"database file {path} failed its integrity check ({ok}); restore it from a copy or pass another --storage")
+        if not os.access(path, os.W_OK) or not os.access(folder, os.W_OK):
+            raise StorageError(f"database file {path} or its folder is read-only; make it writable or pass another --storage")
+    else:
+        if must_exist:
+            raise StorageError(f"no database at {path}; check the study name or --storage")
+        if not os.access(folder, os.W_OK):
+            raise StorageError(f"storage folder {folder} is read-only; make it writable or pass another --storage")
+
+
+def _enable_wal(path: Path) -> None:
+    # WAL lets readers proceed while one writer commits, which is what several
+    # workers on one SQLite study do; the mode is stored in the file itself.
+    con = sqlite3.connect(path, timeout=60)
+    try:
+        con.execute("PRAGMA journal_mode=WAL")
+    finally:
+        con.close()
+
+
+def open_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage on `url`, with heartbeats so a killed worker's trial is
+    detected (after GRACE_PERIOD s) and retried with the same parameters."""
+    check_storage(url)
+    path = sqlite_path(url)
+    engine_kwargs: dict = {}
+    if path is not None:
+        _enable_wal(path)
+        # Wait for a lock rather than fail at once; with WAL, writers are short.
+        engine_kwargs = {"connect_args": {"timeout": 120}}
+    else:
+        engine_kwargs = {"pool_pre_ping": True}
+    kwargs: dict = {}
+    if heartbeat:
+        kwargs = dict(
+            heartbeat_interval=HEARTBEAT_INTERVAL,
+            grace_period=GRACE_PERIOD,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+        )
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+    except Exception as e:  # sqlalchemy / driver errors carry the URL: never echo it raw
+        raise StorageError(f"cannot open storage {redact(url)}: {type(e).__name__}: {redact(str(e)).splitlines()[0]}") from None

@@ -1,0 +1,102 @@
+"""Many workers on one study.
+
+`nas search --workers K` creates (or resumes) the study in this process, then
+starts K `nas worker` processes on it: one per GPU through CUDA_VISIBLE_DEVICES
+when there are GPUs, otherwise the CPU cores split between them. `nas worker
+--study NAME --storage URL` joins an existing study from any machine: it reads
+the task, space, budget and stages from the study itself. The evolution and the
+hurdles keep their state in storage, so the workers cooperate on one population.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from typing import Any
+
+import optuna
+import torch
+
+from nas.errors import NasError
+from nas.results import summary_table
+from nas.search import CONFIG_ATTR, Search, SearchConfig
+from nas.show import open_study
+from nas.storage import default_url
+from search_spaces import SearchSpace
+
+
+def config_from_study(study: optuna.Study, args: argparse.Namespace) -> SearchConfig:
+    """A worker's settings: what the study stored, plus this worker's own flags."""
+    stored: dict[str, Any] = study.user_attrs.get(CONFIG_ATTR) or {}
+    if not stored:
+        raise NasError(f"study {study.study_name!r} was not made by nas search; start it with nas search first")
+    space_def = stored["space"]["definition"]
+    space = SearchSpace.from_dict(
+        {"name": stored["space"]["name"],
+         "model": {"d_model": space_def["d_model"], "depth": space_def["depth"]},
+         "layer": {"attention": space_def["attention"], "heads": space_def["heads"], "ffn_mult": space_def["ffn_mult"]},
+         "knobs": space_def["knobs"]},
+        source=f"study {study.study_name}",
+    )
+    device = stored["device"]
+    threads = int(device.split(":")[1].removesuffix("threads")) if device.startswith("cpu:") else None
+    return SearchConfig(
+        study=args.study, storage=args.storage, space=space, task=stored["task"]["name"],
+        task_options=stored["task"]["options"], latency_ms=stored["budget"]["latency_ms"],
+        memory_mb=stored["budget"]["memory_mb"], trials=args.trials, sampler=args.sampler, pruner=args.pruner,
+        device=args.device, seed=args.seed, stages=tuple(stored["stages"]), population=args.population,
+        tournament=args.tournament, mutation_prob=args.mutation_prob, hurdle_trials=args.hurdle_trials,
+        warm_start=False, measure_threads=threads,
+    )
+
+
+def worker_main(args: argparse.Namespace) -> int:
+    threads = os.environ.get("NAS_TRAIN_THREADS")
+    if threads:
+        torch.set_num_threads(int(threads))
+    study = open_study(args.study, args.storage)
+    cfg = config_from_study(study, args)
+    search = Search(cfg, create=False)
+    search.run(progress=not args.quiet)
+    return 0
+
+
+def _worker_argv(cfg: SearchConfig, url: str, quiet: bool) -> list[str]:
+    argv = [sys.executable, "-m", "nas.cli", "worker", "--study", cfg.study, "--storage", url,
+            "--trials", str(cfg.trials), "--sampler", cfg.sampler, "--pruner", cfg.pruner,
+            "--device", cfg.device, "--seed", str(cfg.seed), "--population", str(cfg.population),
+            "--tournament", str(cfg.tournament), "--mutation-prob", str(cfg.mutation_prob),
+            "--hurdle-trials", str(cfg.hurdle_trials)]
+    return argv + (["--quiet"] if quiet else [])
+
+
+def run_parallel(cfg: SearchConfig, workers: int, *, quiet: bool = False) -> int:
+    """Create/resume the study here, then run `workers` worker processes on it."""
+    if workers < 1:
+        raise NasError(f"--workers must be at least 1, got {workers}")
+    search = Search(cfg)  # validates everything and creates the study once, before any worker starts
+    url = search.url
+    gpus = torch.cuda.device_count() if search.device.type == "cuda" else 0
+    cores = os.cpu_count() or 1
+    procs = []
+    for i in range(workers):
+        env = dict(os.environ)
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
+        else:
+            env["NAS_TRAIN_THREADS"] = str(max(1, cores // workers))
+            env["OMP_NUM_THREADS"] = env["NAS_TRAIN_THREADS"]
+        # Seeds differ per worker so that their random phases explore different points.
+        argv = _worker_argv(cfg, url, quiet)
+        argv[argv.index("--seed") + 1] = str(cfg.seed + i)
+        procs.append(subprocess.Popen(argv, env=env))
+    codes = [p.wait() for p in procs]
+    study = open_study(cfg.study, cfg.storage or default_url(cfg.study))
+    print(summary_table(study, top=5))
+    bad = [c for c in codes if c != 0]
+    if bad:
+        print(f"nas: {len(bad)} of {workers} workers exited with an error", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,116 @@
+"""The search: a real (tiny) study in SQLite, read back through Optuna's public
+API; the budget-first constraint path; the measurement cache; resume rules."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import optuna
+import pytest
+
+from nas.objective import Budget, Objective
+from nas.search import Search, SearchConfig, SearchError
+from nas.storage import default_url
+from nas.tables import Tables
+from evaluators.hardware import resolve_device
+from evaluators.tasks import get_task
+from search_spaces import load_space
+
+TINY_TASK = dict(vocab_size=16, seq_len=16, num_kv_pairs=2, n_valid=64, batch_size=16)
+
+
+def tiny_config(tmp_path, name="t", **over) -> SearchConfig:
+    cfg = dict(study=name, storage=default_url(name, tmp_path), space="tiny", task="mqar", task_options=TINY_TASK,
+               latency_ms=1000.0, trials=6, stages=(4, 8), population=3, tournament=2, hurdle_trials=2)
+    cfg.update(over)
+    return SearchConfig(**cfg)
+
+
+def test_search_runs_and_optuna_reads_everything_back(tmp_path):
+    cfg = tiny_config(tmp_path)
+    log = io.StringIO()
+    Search(cfg, log=log).run()
+    # A fresh Optuna handle (no nas code involved) sees everything.
+    study = optuna.load_study(study_name="t", storage=cfg.storage)
+    finished = study.get_trials(states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
+    assert len(finished) == 6
+    assert study.trials[0].user_attrs.get("warm_start") == "vanilla transformer"
+    for t in finished:
+        a = t.user_attrs
+        for key in ("arch", "arch_hash", "latency_ms", "device", "seed", "steps_trained"):
+            assert key in a, key
+        assert a["latency_ms"] > 0
+        assert set(t.constraints) == {"latency_ms"}
+        assert "depth" in t.params and "layer0.attention" in t.params
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            assert sorted(t.intermediate_values) == [4, 8]
+            assert t.value == t.intermediate_values[8]
+            assert a["steps_trained"] == 8 and a["params"] > 0 and a["memory_mb"] > 0
+    cfg_attr = study.user_attrs["nas:config"]
+    assert cfg_attr["task"]["name"] == "mqar" and cfg_attr["stages"] == [4, 8]
+    assert "best" in log.getvalue()
+
+
+def test_over_budget_is_recorded_infeasible_and_not_trained(tmp_path):
+    task = get_task("mqar", **TINY_TASK)
+    space = load_space("tiny").for_task(task.shape)
+    url = default_url("b", tmp_path)
+    study = optuna.create_study(study_name="b", storage=url, direction="maximize")
+    objective = Objective(study_name="b", task=task, space=space, budget=Budget(latency_ms=1e-6),
+                          device=resolve_device("cpu"), stages=(4, 8), tables=Tables(url), checkpoint_dir=None,
+                          threads=1)
+    t0 = time.perf_counter()
+    study.optimize(objective, n_trials=1)
+    elapsed = time.perf_counter() - t0
+    (t,) = study.trials
+    assert t.state == optuna.trial.TrialState.PRUNED
+    assert t.constraints["latency_ms"] > 0
+    assert t.user_attrs["steps_trained"] == 0 and not t.intermediate_values
+    assert t.user_attrs["stopped"].startswith("over budget: latency")
+    assert "params" not in t.user_attrs  # never built for training
+    assert elapsed < 1.0, f"an over-budget candidate took {elapsed:.2f} s"
+
+
+def test_repeated_architecture_is_measured_once(tmp_path):
+    task = get_task("mqar", **TINY_TASK)
+    space = load_space("tiny").for_task(task.shape)
+    url = default_url("c", tmp_path)
+    study = optuna.create_study(study_name="c", storage=url, direction="maximize")
+    params = {"d_model": 16, "depth": 1, "layer0.attention": "local", "layer0.heads": 2, "layer0.ffn_mult": 2, "layer0.window": 4}
+    study.enqueue_trial(params)
+    study.enqueue_trial(params)
+    tables = Tables(url)
+    objective = Objective(study_name="c", task=task, space=space, budget=Budget(latency_ms=1e-6),
+                          device=resolve_device("cpu"), stages=(4,), tables=tables, checkpoint_dir=None, threads=1)
+    study.optimize(objective, n_trials=2)
+    first, second = study.trials
+    assert first.user_attrs["arch_hash"] == second.user_attrs["arch_hash"]
+    assert first.user_attrs["measure_cached"] is False
+    assert second.user_attrs["measure_cached"] is True
+    assert second.user_attrs["latency_ms"] == first.user_attrs["latency_ms"]
+    assert tables.count_measurements() == 1
+
+
+def test_resume_continues_to_the_total_and_refuses_other_settings(tmp_path):
+    cfg = tiny_config(tmp_path, trials=3)
+    Search(cfg, log=io.StringIO()).run()
+    study = optuna.load_study(study_name="t", storage=cfg.storage)
+    before = {t.number: (t.state, t.value, t.params) for t in study.trials}
+    Search(tiny_config(tmp_path, trials=5), log=io.StringIO()).run()
+    study = optuna.load_study(study_name="t", storage=cfg.storage)
+    assert sum(t.state.is_finished() for t in study.trials) >= 5
+    for t in study.trials:
+        if t.number in before:
+            assert (t.state, t.value, t.params) == before[t.number]
+    with pytest.raises(SearchError, match="task"):
+        Search(tiny_config(tmp_path, task_options={**TINY_TASK, "num_kv_pairs": 3}), log=io.StringIO())
+    with pytest.raises(SearchError, match="budget"):
+        Search(tiny_config(tmp_path, latency_ms=999.0), log=io.StringIO())
+
+
+def test_impossible_budget_is_refused_before_anything_is_stored(tmp_path):
+    cfg = tiny_config(tmp_path, latency_ms=1e-6)
+    with pytest.raises(SearchError, match="cannot be met"):
+        Search(cfg, log=io.StringIO())
+    assert not (tmp_path / "t.db").exists()
