@@ -22,8 +22,10 @@ STUDIES_DIR = "studies"
 
 # A worker that stops beating for GRACE_PERIOD seconds is considered dead: its
 # RUNNING trial is marked FAIL and re-queued (same params) by the retry callback.
-HEARTBEAT_INTERVAL = 5
-GRACE_PERIOD = 20
+# Both can be shortened through the environment (NAS_HEARTBEAT_INTERVAL,
+# NAS_GRACE_PERIOD, seconds), e.g. for tests that kill workers on purpose.
+HEARTBEAT_INTERVAL = int(os.environ.get("NAS_HEARTBEAT_INTERVAL", 5))
+GRACE_PERIOD = int(os.environ.get("NAS_GRACE_PERIOD", 20))
 MAX_RETRY = 3
 
 
