@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
+import warnings
 from pathlib import Path
 
 import optuna
@@ -135,6 +136,9 @@ def open_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.RDBStor
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
         )
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        with warnings.catch_warnings():
+            # Heartbeats are "experimental" in Optuna's terms since 2.8; we rely on them knowingly.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
     except Exception as e:  # sqlalchemy / driver errors carry the URL: never echo it raw
         raise StorageError(f"cannot open storage {redact(url)}: {type(e).__name__}: {redact(str(e)).splitlines()[0]}") from None

@@ -82,7 +82,7 @@ def test_latency_time_ceiling_bounds_a_slow_model() -> None:
 
     model = full_model(16, 1)
     r = measure_latency(model, batch_size=2, seq_len=16, vocab_size=64, device="cpu",
-                        warmup=0, repeats=10_000, min_time_s=0.0, max_time_s=0.02, threads=1)
+                        warmup=0, repeats=10_000, max_repeats=10_000, min_time_s=0.0, max_time_s=0.02, threads=1)
     assert MIN_SAMPLES <= len(r.samples) < 10_000
     assert sum(r.samples) < 20.0 + max(r.samples) + 1e-6  # stopped at the first pass past the ceiling
 

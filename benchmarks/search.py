@@ -1,0 +1,126 @@
+"""Search strategies at equal trial count, compared on training steps spent.
+
+Runs, for each seed, four searches of N trials on the default task and space
+under one latency budget:
+  evolution+hurdles   EvolutionSampler + ProgressiveHurdlePruner
+  evolution           EvolutionSampler, every feasible candidate fully trained
+  tpe                 Optuna's TPESampler, fully trained
+  random              Optuna's RandomSampler, fully trained
+and prints best feasible fitness against cumulative training steps, the total
+steps, and the two ratios the hurdles are judged by:
+  - steps(evolution) / steps(evolution+hurdles), with the best fitness of both;
+  - steps evolution+hurdles needed to reach random search's final best, as a
+    fraction of random's total steps.
+
+All studies share one SQLite file, hence one measurement cache: an architecture
+has the same measured latency in every run, so the strategies face exactly the
+same feasible set. The budget is the measured latency of the space's vanilla
+transformer (the `nas search` default).
+
+    python benchmarks/search.py --seeds 0 1 2 --trials 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import optuna  # noqa: E402
+
+from nas.results import fitness, is_feasible  # noqa: E402
+from nas.search import Search, SearchConfig  # noqa: E402
+
+METHODS = {
+    "evolution+hurdles": dict(sampler="evolution", pruner="hurdles"),
+    "evolution": dict(sampler="evolution", pruner="none"),
+    "tpe": dict(sampler="tpe", pruner="none"),
+    "random": dict(sampler="random", pruner="none"),
+}
+
+
+def trajectory(study: optuna.Study) -> list[tuple[int, float | None]]:
+    """(cumulative training steps, best feasible fully trained fitness) after each trial, in order."""
+    steps, best, out = 0, None, []
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        if not t.state.is_finished():
+            continue
+        steps += int(t.user_attrs.get("steps_trained", 0))
+        if t.state == optuna.trial.TrialState.COMPLETE and is_feasible(t) and fitness(t) is not None:
+            best = fitness(t) if best is None else max(best, fitness(t))
+        out.append((steps, best))
+    return out
+
+
+def steps_to_reach(traj: list[tuple[int, float | None]], target: float) -> int | None:
+    for steps, best in traj:
+        if best is not None and best >= target - 1e-12:
+            return steps
+    return None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--trials", type=int, default=30)
+    ap.add_argument("--steps", type=int, default=240, help="steps of a fully trained candidate")
+    ap.add_argument("--stages", default=None, help="hurdle stages, default steps/8, steps/3, steps")
+    ap.add_argument("--latency-ms", type=float, default=None)
+    ap.add_argument("--methods", nargs="+", default=list(METHODS))
+    ap.add_argument("--db", default=None, help="SQLite file to keep (default: a temporary one)")
+    args = ap.parse_args()
+    db = Path(args.db) if args.db else Path(tempfile.mkdtemp()) / "bench.db"
+    url = f"sqlite:///{db}"
+    stages = tuple(int(s) for s in args.stages.split(",")) if args.stages else None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    results: dict[str, list[list[tuple[int, float | None]]]] = {m: [] for m in args.methods}
+    budget = args.latency_ms
+    t_start = time.time()
+    for seed in args.seeds:
+        for method in args.methods:
+            name = f"{method.replace('+', '_')}-s{seed}"
+            cfg = SearchConfig(study=name, storage=url, trials=args.trials, seed=seed, steps=args.steps,
+                               stages=stages, latency_ms=budget, **METHODS[method])
+            t0 = time.time()
+            search = Search(cfg, log=io.StringIO())
+            budget = search.budget.latency_ms  # the first run fixes the budget for all
+            study = search.run(progress=False)
+            traj = trajectory(study)
+            results[method].append(traj)
+            print(f"seed {seed} {method:<18} trials {len(traj):>3}  steps {traj[-1][0]:>6}  "
+                  f"best {traj[-1][1] if traj[-1][1] is not None else float('nan'):.4f}  ({time.time() - t0:.0f} s)",
+                  flush=True)
+    print(f"\nbudget {budget:.3f} ms per batch; {args.trials} trials per run; seeds {args.seeds}; "
+          f"total {time.time() - t_start:.0f} s\n")
+    print("| method | total training steps (mean) | best feasible fitness (mean) | per seed: steps / best |")
+    print("|---|---|---|---|")
+    for method, runs in results.items():
+        steps = [r[-1][0] for r in runs]
+        bests = [r[-1][1] or 0.0 for r in runs]
+        per = "; ".join(f"{s} / {b:.4f}" for s, b in zip(steps, bests))
+        print(f"| {method} | {statistics.mean(steps):.0f} | {statistics.mean(bests):.4f} | {per} |")
+    if "evolution+hurdles" in results and "evolution" in results:
+        h, e = results["evolution+hurdles"], results["evolution"]
+        cut = statistics.mean(e_r[-1][0] for e_r in e) / statistics.mean(h_r[-1][0] for h_r in h)
+        gap = statistics.mean((e_r[-1][1] or 0) - (h_r[-1][1] or 0) for h_r, e_r in zip(h, e))
+        rel = gap / max(1e-9, statistics.mean(e_r[-1][1] or 0 for e_r in e))
+        print(f"\nhurdles cut training steps {cut:.2f}x; best fitness without hurdles minus with: "
+              f"{gap:+.4f} ({rel * 100:+.2f}% of the no-hurdle best)")
+    if "evolution+hurdles" in results and "random" in results:
+        fracs = []
+        for h_r, r_r in zip(results["evolution+hurdles"], results["random"]):
+            target = r_r[-1][1]
+            reach = steps_to_reach(h_r, target) if target is not None else None
+            fracs.append(None if reach is None else reach / r_r[-1][0])
+        shown = ", ".join("never" if f is None else f"{f:.2f}" for f in fracs)
+        print(f"evolution+hurdles reached random search's final best after this fraction of random's steps, per seed: {shown}")
+
+
+if __name__ == "__main__":
+    main()
