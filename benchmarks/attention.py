@@ -1,6 +1,9 @@
 """Forward time and peak memory of every registered attention kind, against causal `full`.
 
     python benchmarks/attention.py [--lengths 1024 2048 4096 8192] [--threads 2] [--repeats 5]
+                                   [--kinds local linear ...] [--out table.md]
+
+The markdown table goes to stdout and, with `--out`, also to that file.
 
 What is measured:
   * the `attend(q, k, v, None)` call alone (not the Q/K/V/out projections), on
@@ -22,6 +25,7 @@ own peak-memory growth from the second-longest to the longest n (2.0 is linear).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -97,9 +101,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--out", type=Path, default=None, help="also write the markdown table to this file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     max_len = max(args.lengths)
 
     rows: dict[tuple[str, int], tuple[float, int] | str] = {}
@@ -119,15 +125,17 @@ def main() -> None:
                 rows[(name, n)] = f"error: {type(e).__name__}: {e}"[:60]
             print(f"  measured {name:10s} n={n:5d}", file=sys.stderr, flush=True)
 
-    print(f"torch {torch.__version__}, {args.threads} threads, float32, batch 1, {HEADS} heads, "
-          f"head dim {HEAD_DIM}; time = median of {args.repeats} `attend` calls under no_grad; "
-          f"peak = profiler allocation replay")
-    print()
+    lines = [
+        f"torch {torch.__version__}, {args.threads} threads, float32, batch 1, {HEADS} heads, "
+        f"head dim {HEAD_DIM}; time = median of {args.repeats} `attend` calls under no_grad; "
+        f"peak = profiler allocation replay; load average (1, 5, 15 min) at the start: {load}",
+        "",
+    ]
     head = "| kind | mode |" + "".join(f" n={n} ms | speedup | peak MiB | mem x |" for n in args.lengths)
     if len(args.lengths) > 1:
         head += f" peak growth {args.lengths[-2]}->{args.lengths[-1]} |"
-    print(head)
-    print("|" + "---|" * (head.count("|") - 1))
+    lines.append(head)
+    lines.append("|" + "---|" * (head.count("|") - 1))
     for name in ["full"] + [k for k in args.kinds if k != "full"]:
         mode = "causal" if REGISTRY[name].causal else "bidirectional"
         line = f"| {name} | {mode} |"
@@ -141,7 +149,13 @@ def main() -> None:
         if len(args.lengths) > 1:
             a, b = rows[(name, args.lengths[-2])], rows[(name, args.lengths[-1])]
             line += f" {b[1] / max(a[1], 1):.2f}x |" if not isinstance(a, str) and not isinstance(b, str) else " |"
-        print(line)
+        lines.append(line)
+
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    if args.out is not None:
+        args.out.write_text(text)
+        print(f"wrote {args.out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,9 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    ap.add_argument("--torch-init", action="store_true",
+                    help="re-initialise every layer with PyTorch's defaults instead of build_model's "
+                         "GPT-2 init (std 0.02), which leaves MQAR on a long plateau at this width")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -47,11 +50,16 @@ def main() -> int:
                     n_classes=s.n_classes, layers=tuple(LayerSpec("full", heads=2, ffn=4 * d) for _ in range(2)))
     torch.manual_seed(args.seed)
     model = build_model(spec)
+    if args.torch_init:
+        for module in model.modules():
+            if module is not model and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
     kw = {} if args.lr is None else {"lr": args.lr}
     trainer = Trainer(model, task, max_steps=args.max_steps, seed=args.seed, **kw)
     print(f"task: {task.description}")
     print(f"model: 2 x full attention, d_model {d}, {sum(p.numel() for p in model.parameters()):,} parameters; "
-          f"lr {trainer.lr}, warm-up {trainer.warmup_steps}, max_steps {args.max_steps}, threads {torch.get_num_threads()}")
+          f"lr {trainer.lr}, warm-up {trainer.warmup_steps}, max_steps {args.max_steps}, threads {torch.get_num_threads()}, "
+          f"init {'PyTorch defaults' if args.torch_init else 'build_model (GPT-2, std 0.02)'}")
     t0 = time.perf_counter()
 
     def report(step: int, result) -> None:

@@ -30,7 +30,12 @@ def run(kind: str, task, args) -> tuple[float, float]:
     spec = ArchSpec(vocab_size=s.vocab_size, max_seq_len=s.max_seq_len, d_model=d, causal=s.causal, head=s.head,
                     n_classes=s.n_classes, layers=tuple(LayerSpec(kind, heads=args.heads, ffn=4 * d) for _ in range(2)))
     torch.manual_seed(args.seed)
-    trainer = Trainer(build_model(spec), task, max_steps=args.steps, seed=args.seed, lr=args.lr)
+    model = build_model(spec)
+    if args.torch_init:
+        for module in model.modules():
+            if module is not model and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    trainer = Trainer(model, task, max_steps=args.steps, seed=args.seed, lr=args.lr)
     t0 = time.perf_counter()
 
     def report(step: int, result) -> None:
@@ -53,12 +58,15 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--kinds", default="full,linear")
+    ap.add_argument("--torch-init", action="store_true",
+                    help="PyTorch's default init instead of build_model's GPT-2 init (std 0.02); see mqar_speed.py")
     args = ap.parse_args()
 
     task = get_task("mqar", num_kv_pairs=args.pairs, seq_len=args.seq_len, vocab_size=args.vocab_size,
                     n_valid=500, seed=args.seed)
     print(f"task: {task.description}")
-    print(f"models: 2 layers, d_model {args.d_model}, {args.heads} heads; {args.steps} steps, lr {args.lr}")
+    print(f"models: 2 layers, d_model {args.d_model}, {args.heads} heads; {args.steps} steps, lr {args.lr}"
+          f"{', PyTorch default init' if args.torch_init else ''}")
     results = {}
     for kind in args.kinds.split(","):
         results[kind] = run(kind, task, args)

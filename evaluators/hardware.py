@@ -6,33 +6,52 @@ the one analytic number, named as an estimate and kept apart from the results.)
 
 Latency (`measure_latency`): inference forward `model(tokens)` under
 `torch.inference_mode()` on fixed random tokens (seeded), after warm-up passes,
-repeated until both a floor of passes and a minimum measuring time are reached
-(bounded by a ceiling of passes). Each sample is one forward pass:
+repeated until both a floor of passes and a minimum measured time are reached,
+bounded by a ceiling of passes and a wall-clock ceiling on the whole call. Each
+sample is one forward pass; the result is their median and spread:
 
 - CUDA: a pair of CUDA events around the pass, the queue drained before each
   pass and the end event synchronised after it, so a sample is the GPU-timeline
   time of one batch from an idle queue (kernel launch gaps included). With
   ``dtype=torch.bfloat16`` (or float16) the pass runs under `torch.autocast`.
-- CPU: `time.perf_counter` around the pass with a fixed intra-op thread count
-  (`torch.set_num_threads`, restored afterwards) and the garbage collector
-  paused. `torch.set_num_threads` is process-global: do not measure from two
-  threads of one process at once.
+- CPU: a fixed intra-op thread count (`torch.set_num_threads`, restored
+  afterwards; default 1, see `DEFAULT_CPU_THREADS`) and the garbage collector
+  paused. With one thread every kernel runs in the calling thread, and a sample
+  is that thread's CPU time over the pass (`time.thread_time`, clock
+  ``"thread-cpu"``): on an idle core the same as the wall-clock time, but time
+  the OS gave the core to other processes is not counted, so the figure is a
+  property of the model rather than of the machine's load at that moment
+  (measured on a shared 2-core machine at load ~9: wall-clock passes ran ~2x
+  their CPU time, with twice the spread). The wall-clock median is kept beside it
+  (`wall_median_ms`). With several threads a sample is wall-clock time
+  (`time.perf_counter`, clock ``"wall"``), the only honest figure when work is
+  spread over threads. `torch.set_num_threads` is process-global: do not measure
+  from two threads of one process at once.
 
 Memory (`measure_memory`): peak bytes allocated by torch above the baseline
 (weights, inputs and anything else alive before the pass are excluded):
 
 - CUDA: `torch.cuda.reset_peak_memory_stats` then `max_memory_allocated()`
   minus `memory_allocated()` taken just before the pass.
-- CPU: the pass runs under `torch.profiler.profile(profile_memory=True)`; the raw
-  per-allocation events of torch's CPU allocator (kineto ``[memory]`` instant
-  events, +bytes on allocation, -bytes on free, in chronological order) are
-  summed and the peak of the running sum is the answer. Memory outside torch's
-  allocator (oneDNN scratch space, the Python heap) is not counted.
+- CPU: the pass runs under the autograd profiler with ``profile_memory=True``
+  (kineto); the raw per-allocation events of torch's CPU allocator (kineto
+  ``[memory]`` instant events, +bytes on allocation, -bytes on free, in
+  chronological order) are summed and the peak of the running sum is the
+  answer. Memory outside torch's allocator (oneDNN scratch space, the Python
+  heap) is not counted. The lower-level `torch.autograd.profiler.profile` is
+  used rather than `torch.profiler.profile`, whose first start in a process
+  imports `torch._inductor` (1.5-5 s, once) for a CUDA-graphs setting; so
+  there is no one-time profiler cost to pay (first use ~1 ms).
 
 Two figures per model: ``inference_bytes`` (one forward under inference mode)
 and ``train_step_bytes`` (one forward + backward of ``logits.float().sum()`` in
 train mode, with parameter gradients allocated during the step; no optimizer
 state, which would add a kind-independent multiple of the parameter count).
+
+Cost (the search measures every new architecture): with the defaults a latency
+measurement takes at most ``max_time_s`` = 0.5 s of wall-clock time (warm-up
+included) unless the model's passes are so slow that `MIN_SAMPLES` of them take
+longer; a memory measurement costs three forward passes and one backward.
 
 All results are frozen dataclasses with `to_dict()` (plain JSON-able values) so
 the search can cache them keyed by (arch hash, device, shape, dtype).
@@ -65,6 +84,8 @@ __all__ = [
     "default_threads",
     "available_cores",
     "DEFAULT_CPU_THREADS",
+    "CPU_CLOCKS",
+    "MIN_SAMPLES",
     "measure_latency",
     "measure_memory",
     "cpu_peak_allocated_bytes",
@@ -91,8 +112,11 @@ class LatencyResult:
     """Measured inference latency of one batch, in milliseconds.
 
     `cv` is the robust coefficient of variation described by `CV_METHOD`;
-    `samples` holds every timed pass in the order taken (ms). `device` names the
-    hardware as measured: ``"cpu (2 threads)"`` or the CUDA device name.
+    `samples` holds every timed pass in the order taken (ms), as read on
+    `clock` (``"thread-cpu"``, ``"wall"`` or ``"cuda-events"``, see the module
+    docstring); `wall_median_ms` is the median wall-clock time of the same passes.
+    `device` names the hardware as measured: ``"cpu (1 thread)"`` or the CUDA
+    device name.
     """
 
     median_ms: float
@@ -108,6 +132,8 @@ class LatencyResult:
     padding: bool = False
     warmup: int = 0
     cv_method: str = CV_METHOD
+    clock: str = "wall"
+    wall_median_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -301,6 +327,11 @@ def _model_to(model: nn.Module, device: torch.device) -> None:
 
 
 # ---- latency ------------------------------------------------------------------
+#: Clocks `measure_latency` can read a CPU pass on; ``"auto"`` picks
+#: ``"thread-cpu"`` with one intra-op thread and ``"wall"`` otherwise.
+CPU_CLOCKS = ("auto", "thread-cpu", "wall")
+
+
 def measure_latency(
     model: nn.Module,
     *,
@@ -309,83 +340,111 @@ def measure_latency(
     vocab_size: int,
     device: torch.device | str,
     dtype: torch.dtype = torch.float32,
-    warmup: int = 5,
-    repeats: int = 15,
-    min_time_s: float = 0.25,
+    warmup: int = 2,
+    repeats: int = 10,
+    min_time_s: float = 0.1,
     max_repeats: int = 500,
-    max_time_s: float = 1.0,
+    max_time_s: float = 0.5,
     threads: int | None = None,
     padding: bool = False,
+    clock: str = "auto",
 ) -> LatencyResult:
     """Measure the inference latency of one batch ``model(tokens)`` on `device`.
 
-    `warmup` untimed passes, then timed passes until at least `repeats` were
-    taken *and* they add up to at least `min_time_s` seconds; never more than
-    `max_repeats` passes, and once the timed passes add up to `max_time_s` it
-    stops as soon as it has `MIN_SAMPLES` (5) of them, so a slow model cannot
-    make a measurement take long. A small model (a few ms a pass) so costs about
-    ``min_time_s`` plus the warm-up.
+    `warmup` untimed passes (cut short once they took a quarter of `max_time_s`,
+    but at least one when `warmup` > 0), then timed passes until at least
+    `repeats` were taken *and* their samples add up to at least `min_time_s`
+    seconds; never more than `max_repeats` passes, and once the whole call has
+    run `max_time_s` seconds of wall-clock time (warm-up included) it stops as
+    soon as it has `MIN_SAMPLES` (5) passes, so a slow model (or a loaded
+    machine) cannot make a measurement take long. ``max_repeats < repeats`` is
+    an error rather than silently lowering the floor.
 
     The model is moved to `device` in place if it is not there yet, put in eval
     mode for the measurement and given back in the mode it had. On the CPU the
     pass runs with `threads` intra-op threads (default: `default_threads()`),
-    restored afterwards. With ``padding=True`` the model also gets a padding
-    mask (each row a random real length in [seq_len/2, seq_len]).
+    restored afterwards, and is timed on `clock` (``"auto"``: the calling
+    thread's CPU time with one thread, wall-clock time with more; see the module
+    docstring). With ``padding=True`` the model also gets a padding mask (each
+    row a random real length in [seq_len/2, seq_len]).
     """
     device = resolve_device(device)
     _check_dtype(dtype)
     if repeats < 1 or warmup < 0 or max_repeats < repeats:
         raise ValueError(f"need repeats >= 1, warmup >= 0 and max_repeats >= repeats; got {repeats}, {warmup}, {max_repeats}")
+    if not (min_time_s >= 0 and max_time_s >= 0):
+        raise ValueError(f"min_time_s and max_time_s must be >= 0; got {min_time_s}, {max_time_s}")
+    if clock not in CPU_CLOCKS:
+        raise ValueError(f"clock must be one of {CPU_CLOCKS}, got {clock!r}")
     _model_to(model, device)
     tokens, mask = _inputs(batch_size, seq_len, vocab_size, device, padding)
     args = (tokens,) if mask is None else (tokens, mask)
 
     if device.type == "cuda":
         label = device_label(device)
+        clock_name = "cuda-events"
         threads_ctx: contextlib.AbstractContextManager = contextlib.nullcontext()
     else:
         n_threads = threads if threads is not None else default_threads()
-        if n_threads < 1:
-            raise ValueError(f"threads must be >= 1, got {n_threads}")
+        if isinstance(n_threads, bool) or not isinstance(n_threads, int) or n_threads < 1:
+            raise ValueError(f"threads must be an integer >= 1, got {n_threads!r}")
+        if clock == "thread-cpu" and n_threads != 1:
+            raise ValueError(f"clock 'thread-cpu' times only the calling thread: it needs threads=1, got {n_threads}")
         label = device_label(device, n_threads)
+        clock_name = clock if clock != "auto" else ("thread-cpu" if n_threads == 1 else "wall")
         threads_ctx = _cpu_threads(n_threads)
 
-    def _more(n: int, spent: float) -> bool:
-        if n >= max_repeats or (spent >= max_time_s and n >= MIN_SAMPLES):
-            return False
-        return n < repeats or spent < min_time_s
+    wall = time.perf_counter
+    t_start = wall()
 
-    samples: list[float] = []
+    def _more(n: int, measured: float) -> bool:
+        if n >= max_repeats or (n >= MIN_SAMPLES and wall() - t_start >= max_time_s):
+            return False
+        return n < repeats or measured < min_time_s
+
+    samples: list[float] = []  # ms, on clock_name
+    walls: list[float] = []  # ms, wall-clock time of the same passes
     with _oom_as_trial_failure("latency measurement", device, batch_size, seq_len), \
             threads_ctx, _eval_mode(model), torch.inference_mode(), _autocast(device, dtype), _gc_paused():
-        if device.type == "cuda":
-            with torch.cuda.device(device):
-                for _ in range(warmup):
-                    model(*args)
-                torch.cuda.synchronize(device)
+        sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+        with (torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()):
+            for _ in range(warmup):  # at most a quarter of max_time_s, at least one pass
+                model(*args)
+                sync()
+                if wall() - t_start > max_time_s / 4:
+                    break
+            measured = 0.0
+            if device.type == "cuda":
                 start = torch.cuda.Event(enable_timing=True)
                 end = torch.cuda.Event(enable_timing=True)
-                spent = 0.0
-                while _more(len(samples), spent):
-                    torch.cuda.synchronize(device)
+                while _more(len(samples), measured):
+                    sync()
+                    w0 = wall()
                     start.record()
                     model(*args)
                     end.record()
                     end.synchronize()
+                    walls.append((wall() - w0) * 1e3)
                     ms = start.elapsed_time(end)
                     samples.append(ms)
-                    spent += ms / 1e3
-        else:
-            for _ in range(warmup):
-                model(*args)
-            spent = 0.0
-            clock = time.perf_counter
-            while _more(len(samples), spent):
-                t0 = clock()
-                model(*args)
-                dt = clock() - t0
-                samples.append(dt * 1e3)
-                spent += dt
+                    measured += ms / 1e3
+            elif clock_name == "thread-cpu":
+                cpu = time.thread_time
+                while _more(len(samples), measured):
+                    w0, c0 = wall(), cpu()
+                    model(*args)
+                    c1, w1 = cpu(), wall()
+                    samples.append((c1 - c0) * 1e3)
+                    walls.append((w1 - w0) * 1e3)
+                    measured += c1 - c0
+            else:
+                while _more(len(samples), measured):
+                    w0 = wall()
+                    model(*args)
+                    dt = wall() - w0
+                    samples.append(dt * 1e3)
+                    walls.append(dt * 1e3)
+                    measured += dt
 
     xs = sorted(samples)
     median = statistics.median(xs)
@@ -404,6 +463,8 @@ def measure_latency(
         dtype=_dtype_name(dtype),
         padding=padding,
         warmup=warmup,
+        clock=clock_name,
+        wall_median_ms=statistics.median(walls),
     )
 
 
@@ -427,27 +488,30 @@ def _native_stderr_silenced() -> Iterator[None]:
 
 
 def cpu_peak_allocated_bytes(fn: Callable[[], Any]) -> int:
-    """Run `fn()` under the torch profiler and return the peak, over the call, of
-    the bytes allocated by torch's CPU allocator above what was allocated before
-    the call (the running sum of the allocator's alloc/free events).
+    """Run `fn()` under the profiler and return the peak, over the call, of the
+    bytes allocated by torch's CPU allocator above what was allocated before the
+    call (the running sum of the allocator's alloc/free events).
 
     Uses the kineto results' ``[memory]`` instant events: one per allocation
     (+bytes) or free (-bytes), in the order they happened. (`prof.events()` folds
     allocations into their operators and keeps only unattributed frees, so it
-    cannot give the running peak.)
+    cannot give the running peak.) The profiler is
+    `torch.autograd.profiler.profile` (the layer under `torch.profiler.profile`,
+    same kineto config) with lazy post-processing, which is never run: the raw
+    events are read directly, so a call costs ~1 ms beyond `fn` itself.
     """
-    from torch.profiler import ProfilerActivity, profile
+    from torch.autograd.profiler import profile
 
-    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    prof = profile(use_cpu=True, use_kineto=True, profile_memory=True)
     with _native_stderr_silenced():  # kineto logs "profiler_start"/"_stop" lines to fd 2
-        prof.start()
+        prof.__enter__()
     try:
         fn()
     finally:
         with _native_stderr_silenced():
-            prof.stop()
+            prof.__exit__(None, None, None)
     try:
-        events = prof.profiler.kineto_results.events()
+        events = prof.kineto_results.events()
     except AttributeError as e:  # a torch whose profiler changed shape
         raise RuntimeError(
             f"torch {torch.__version__}: the profiler exposes no kineto events ({e}); "
@@ -487,16 +551,27 @@ def measure_memory(
     device: torch.device | str,
     dtype: torch.dtype = torch.float32,
     padding: bool = False,
+    threads: int | None = None,
 ) -> MemoryResult:
     """Measure the peak memory of one inference pass and of one training step.
 
     See the module docstring for what is counted on each device. The model is
     moved to `device` in place if needed; its mode and any existing parameter
     gradients are restored afterwards. One untimed, unmeasured warm-up forward
-    runs first so lazy one-off allocations are not counted.
+    runs first so lazy one-off allocations are not counted. On the CPU the
+    passes run with `threads` intra-op threads (default: `default_threads()`,
+    restored afterwards): the same setting as `measure_latency`, so a loaded
+    machine slows the measurement least; the bytes counted do not depend on it.
     """
     device = resolve_device(device)
     _check_dtype(dtype)
+    if device.type == "cpu":
+        n_threads = threads if threads is not None else default_threads()
+        if isinstance(n_threads, bool) or not isinstance(n_threads, int) or n_threads < 1:
+            raise ValueError(f"threads must be an integer >= 1, got {n_threads!r}")
+        threads_ctx: contextlib.AbstractContextManager = _cpu_threads(n_threads)
+    else:
+        threads_ctx = contextlib.nullcontext()
     _model_to(model, device)
     tokens, mask = _inputs(batch_size, seq_len, vocab_size, device, padding)
     args = (tokens,) if mask is None else (tokens, mask)
@@ -525,14 +600,15 @@ def measure_memory(
 
     saved_grads = [p.grad for p in params]
     try:
-        with _oom_as_trial_failure("memory measurement", device, batch_size, seq_len), _eval_mode(model):
-            infer()  # warm-up, unmeasured
-            inference_bytes = peak(infer)
-        with _oom_as_trial_failure("memory measurement", device, batch_size, seq_len), \
-                _eval_mode(model, training=True):
-            for p in params:
-                p.grad = None
-            train_bytes = peak(train_step)
+        with threads_ctx:
+            with _oom_as_trial_failure("memory measurement", device, batch_size, seq_len), _eval_mode(model):
+                infer()  # warm-up, unmeasured
+                inference_bytes = peak(infer)
+            with _oom_as_trial_failure("memory measurement", device, batch_size, seq_len), \
+                    _eval_mode(model, training=True):
+                for p in params:
+                    p.grad = None
+                train_bytes = peak(train_step)
     finally:
         for p, g in zip(params, saved_grads):
             p.grad = g

@@ -125,7 +125,7 @@ class Trainer:
         lr = self.lr_at(step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        torch.manual_seed(mix_seed("dropout", self.seed, step))
+        self._seed_rng(mix_seed("dropout", self.seed, step))
         failed: BaseException | None = None
         try:
             batch = batch.to(self.device)
@@ -146,6 +146,17 @@ class Trainer:
         self._pending.append((self.steps_done, loss.detach()))
         if self.device.type != "cuda":
             self._check_finite()
+
+    def _seed_rng(self, seed: int) -> None:
+        """Seed the RNG dropout draws from on this device. (`torch.manual_seed` would
+        also queue a lazy seeding of every accelerator backend, with a formatted
+        stack trace each, on every step of a CPU run.)"""
+        torch.default_generator.manual_seed(seed)
+        if self.device.type == "cuda":
+            with torch.cuda.device(self.device):
+                torch.cuda.manual_seed(seed)
+        elif self.device.type != "cpu":
+            torch.manual_seed(seed)
 
     def _check_finite(self) -> None:
         if not self._pending:

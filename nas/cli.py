@@ -8,12 +8,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Sequence
 
 from nas.choices import PRUNERS, SAMPLERS
 
 EXIT_USAGE = 2
+STORAGE_ENV = "NAS_STORAGE"  # `nas worker` reads its storage URL from here when --storage is not given
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line like every other user error:
+    `nas: error: <problem> (see nas <command> --help)`, exit status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        sys.stderr.write(f"nas: error: {message.strip().splitlines()[0]} (see {self.prog} --help)\n")
+        raise SystemExit(EXIT_USAGE)
 
 
 def _positive_float(text: str) -> float:
@@ -23,6 +34,16 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"{text} must be a positive number")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
     return value
 
 
@@ -48,7 +69,12 @@ def _task_options(items: Sequence[str]) -> dict:
 
 def _add_search_args(p: argparse.ArgumentParser, *, worker: bool) -> None:
     p.add_argument("--study", required=True, help="study name (its SQLite file is studies/NAME.db by default)")
-    p.add_argument("--storage", help="database URL (default sqlite:///studies/NAME.db; postgresql://... for many machines)")
+    if worker:
+        p.add_argument("--storage", default=os.environ.get(STORAGE_ENV) or None,
+                       help=f"database URL of the study (default: ${STORAGE_ENV}, else sqlite:///studies/NAME.db); "
+                            f"put a URL with a password in ${STORAGE_ENV} to keep it out of the process list")
+    else:
+        p.add_argument("--storage", help="database URL (default sqlite:///studies/NAME.db; postgresql://... for many machines)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto: cuda when there is one)")
     p.add_argument("--trials", type=int, default=30, help="finished trials in total (resume counts those already done; default 30)")
     p.add_argument("--sampler", default="evolution", choices=SAMPLERS)
@@ -69,12 +95,14 @@ def _add_search_args(p: argparse.ArgumentParser, *, worker: bool) -> None:
     p.add_argument("--steps", type=int, default=400, help="training steps of a candidate that clears every hurdle (default 400)")
     p.add_argument("--stages", type=_stages, help="hurdle stages as step counts, e.g. 50,130,400 (default: steps/8, steps/3, steps)")
     p.add_argument("--no-warm-start", action="store_true", help="do not seed the search with a vanilla transformer")
-    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (one per GPU, or CPU threads split)")
+    p.add_argument("--lr", type=_positive_float, help="peak learning rate of every candidate's training (default: the trainer's, 3e-3)")
+    p.add_argument("--workers", type=_positive_int, default=1, help="worker processes on this machine (one per GPU, or CPU threads split)")
+    p.add_argument("--measure-threads", type=int, help="CPU threads for latency measurement (default 1: the most repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nas", description="Search efficient transformer architectures under a measured hardware budget.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="nas", description="Search efficient transformer architectures under a measured hardware budget.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p = sub.add_parser("search", help="create or resume a study and run it to --trials finished trials")
     _add_search_args(p, worker=False)
     p = sub.add_parser("worker", help="join an existing study (any machine) and run trials until it has --trials")
@@ -104,7 +132,8 @@ def _search_config(args: argparse.Namespace, argv: Sequence[str]):
         trials=args.trials, sampler=args.sampler, pruner=args.pruner, device=args.device, seed=args.seed,
         steps=args.steps, stages=args.stages, population=args.population, tournament=args.tournament,
         mutation_prob=args.mutation_prob, hurdle_trials=args.hurdle_trials, warm_start=not args.no_warm_start,
-        command=command_line(list(argv)),
+        command=command_line(list(argv)), measure_threads=args.measure_threads,
+        train_options={} if args.lr is None else {"lr": args.lr},
     )
 
 
@@ -138,10 +167,16 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import optuna
+
     from nas.errors import USER_ERRORS, one_line
 
+    # Our own lines say what happens; Optuna's INFO lines ("A new study created ...") would repeat it.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         code = run(argv)
+    except SystemExit as e:  # argparse: --help (0) or a usage error, already printed on one line
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
     except USER_ERRORS as e:
         print(f"nas: error: {one_line(e)}", file=sys.stderr)
         return EXIT_USAGE

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import inspect
 import json
+import re
 import shlex
 import sys
 import textwrap
@@ -31,7 +32,7 @@ import torch
 from nas.errors import NasError
 from nas.results import best_feasible, is_feasible
 from nas.show import open_study
-from nas.storage import redact
+from nas.storage import check_storage, check_study_name, open_storage, redact
 from nas.tables import Tables
 from search_spaces import ArchSpec, SpecError, build_model
 from search_spaces.arch_spec import LayerSpec
@@ -159,17 +160,93 @@ class ArchSpec:
 '''
 
 
+# Characters a header (the docstring's first line) may hold: no quotes, no
+# backslashes, no newlines, so nothing in it can end the docstring.
+_SAFE_HEADER = re.compile(r"^[A-Za-z0-9 _.,:;()+=/@#%-]{0,300}$")
+
+
+def _merge_imports(nodes: list[ast.AST]) -> list[str]:
+    """One line per module: `import x` / `import x as y`, and `from m import a, b`."""
+    plain: list[str] = []
+    froms: dict[str, list[str]] = {}
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                line = f"import {a.name}" + (f" as {a.asname}" if a.asname else "")
+                if line not in plain:
+                    plain.append(line)
+        else:
+            names = froms.setdefault(node.module, [])
+            for a in node.names:
+                item = a.name + (f" as {a.asname}" if a.asname else "")
+                if item not in names:
+                    names.append(item)
+    return plain + [f"from {m} import {', '.join(sorted(n))}" for m, n in froms.items()]
+
+
+def _check_generated(source: str, spec: ArchSpec) -> None:
+    """Defence in depth: the generated file imports only what it may, and its SPEC
+    literal is made of the two spec classes, keywords and plain constants, equal
+    to the validated spec."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            for m in mods:
+                if m.split(".")[0] not in ALLOWED_IMPORTS:
+                    raise RuntimeError(f"generated model.py would import {m}; refusing (a bug in nas.export)")
+    (spec_node,) = [n for n in tree.body if isinstance(n, ast.Assign)
+                    and any(isinstance(t, ast.Name) and t.id == "SPEC" for t in n.targets)]
+    for node in ast.walk(spec_node.value):
+        if isinstance(node, ast.Call):
+            if not (isinstance(node.func, ast.Name) and node.func.id in ("ArchSpec", "LayerSpec")) or node.args:
+                raise RuntimeError("generated SPEC literal holds a call other than ArchSpec/LayerSpec; refusing")
+        elif not isinstance(node, (ast.keyword, ast.Tuple, ast.Constant, ast.Name, ast.Load, ast.UnaryOp, ast.USub)):
+            raise RuntimeError(f"generated SPEC literal holds {type(node).__name__}; refusing")
+        elif isinstance(node, ast.Name) and node.id not in ("ArchSpec", "LayerSpec"):
+            raise RuntimeError(f"generated SPEC literal names {node.id}; refusing")
+
+    def value(node: ast.AST) -> Any:
+        if isinstance(node, ast.Call):
+            return {k.arg: value(k.value) for k in node.keywords}
+        if isinstance(node, ast.Tuple):
+            return [value(e) for e in node.elts]
+        return ast.literal_eval(node)
+
+    if ArchSpec.from_dict(value(spec_node.value)) != spec:
+        raise RuntimeError("generated SPEC literal does not equal the validated spec; refusing (a bug in nas.export)")
+
+
 def generate_model_py(spec: ArchSpec, *, header: str = "") -> str:
-    """The source of a standalone model.py for `spec` (see module docstring)."""
+    """The source of a standalone model.py for `spec` (see module docstring).
+
+    `spec` is validated again here (a round trip through `ArchSpec.from_dict`), so
+    only a valid architecture is ever written; the code is this package's own
+    source; `header` (the docstring's first line) must be plain text.
+    """
+    if not isinstance(spec, ArchSpec):
+        raise TypeError(f"generate_model_py needs an ArchSpec, got {type(spec).__name__}")
+    spec = ArchSpec.from_dict(spec.to_dict())  # raises SpecError unless every value is valid
+    if not _SAFE_HEADER.match(header):
+        raise NasError(f"model.py header {header[:40]!r}... holds characters other than letters, digits and simple punctuation")
     kinds = sorted({layer.attention for layer in spec.layers})
     modules = [attention_base] + [sys.modules[REGISTRY[k].cls.__module__] for k in kinds] + [model_module]
-    pool: dict[str, tuple[ast.AST, str]] = {}
-    imports: list[str] = []
-    for mod in modules:
-        defs, imps, source = _top_level(mod)
+    modules = list(dict.fromkeys(modules))  # two kinds may share a module
+    pool: dict[str, tuple[ast.AST, str, int]] = {}
+    import_nodes: list[ast.AST] = []
+    for rank, mod in enumerate(modules):
+        defs, _, source = _top_level(mod)
+        tree = ast.parse(source)
+        import_nodes += [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))
+                         and ((n.module if isinstance(n, ast.ImportFrom) else n.names[0].name) or "").split(".")[0]
+                         in ALLOWED_IMPORTS - {"__future__"}]
         for name, node in defs.items():
-            pool.setdefault(name, (node, source))
-        imports += [i for i in imps if i not in imports and "__future__" not in i]
+            if name in pool:
+                a = ast.get_source_segment(pool[name][1], pool[name][0])
+                if a != ast.get_source_segment(source, node):
+                    raise RuntimeError(f"{name} is defined differently in two attention modules; model.py cannot hold both")
+                continue
+            pool[name] = (node, source, rank)
     wanted = [REGISTRY[k].cls.__name__ for k in kinds] + ["Attention", "Block", "Transformer", "_init_weights"]
     included: list[str] = []
     todo = list(wanted)
@@ -182,20 +259,25 @@ def generate_model_py(spec: ArchSpec, *, header: str = "") -> str:
     # Keep the source files' order so base classes come before subclasses.
     order = {name: i for i, name in enumerate(pool)}
     chunks = []
-    for name in sorted(included, key=lambda n: (_module_rank(pool[n][1], modules), order[n])):
-        node, source = pool[name]
+    for name in sorted(included, key=lambda n: (pool[n][2], order[n])):
+        node, source, _ = pool[name]
         seg = ast.get_source_segment(source, node, padded=False)
         decorators = "".join(f"@{ast.get_source_segment(source, d)}\n" for d in getattr(node, "decorator_list", []))
         if seg not in chunks:
             chunks.append(decorators + seg)
-    registry = "ATTENTION = {\n" + "".join(f"    {k!r}: {REGISTRY[k].cls.__name__},\n" for k in kinds) + "}\n"
-    return "\n".join([
-        f'"""{header or "A model exported by nas."}\n\nStandalone: imports only torch and the standard library.\nUsage: model = build_model(); model.load_state_dict(torch.load("weights.pt", weights_only=True))\n"""',
+    classes = [REGISTRY[k].cls.__name__ for k in kinds]
+    registry = ("ATTENTION = {\n" + "".join(f"    {k!r}: {c},\n" for k, c in zip(kinds, classes)) + "}\n"
+                + "".join(f"{c}.kind = {k!r}\n" for k, c in zip(kinds, classes)))
+    source = "\n".join([
+        f'"""{header or "A model exported by nas."}\n\nStandalone: imports only torch and the standard library.\n'
+        'Usage:\n\n    import torch\n    from model import build_model\n\n    model = build_model()\n'
+        '    model.load_state_dict(torch.load("weights.pt", weights_only=True))\n    model.eval()\n'
+        '    logits = model(tokens)  # tokens: (batch, length) int64, length <= SPEC.max_seq_len\n"""',
         "",
         "from __future__ import annotations",
         "",
         "from dataclasses import dataclass",
-        *imports,
+        *_merge_imports(import_nodes),
         "",
         _SPEC_CLASSES.strip("\n"),
         "",
@@ -217,13 +299,8 @@ def generate_model_py(spec: ArchSpec, *, header: str = "") -> str:
         "    return Transformer(SPEC)",
         "",
     ])
-
-
-def _module_rank(source: str, modules) -> int:
-    for i, m in enumerate(modules):
-        if inspect.getsource(m) == source:
-            return i
-    return len(modules)
+    _check_generated(source, spec)
+    return source
 
 
 # ---- weights --------------------------------------------------------------------
@@ -260,41 +337,102 @@ def trained_weights(study: optuna.Study, trial: optuna.trial.FrozenTrial, spec: 
         raise NasError(f"checkpoint of trial {trial.number} belongs to another architecture; pass --retrain STEPS")
     if not path.exists():
         raise NasError(f"checkpoint of trial {trial.number} is missing: {path} does not exist; restore it or pass --retrain STEPS")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file: unpickling errors of many kinds
+        raise NasError(f"checkpoint of trial {trial.number} at {path} cannot be read ({type(e).__name__}); restore it or pass --retrain STEPS") from None
     return state, f"checkpoint {path.name} ({row['step']} steps)"
 
 
+def model_with_weights(spec: ArchSpec, state: dict[str, torch.Tensor], trial_number: int) -> torch.nn.Module:
+    """`build_model(spec)` with `state` loaded (strictly: every tensor, right shapes)."""
+    model = build_model(spec)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise NasError(f"checkpoint of trial {trial_number} is not a state dict; restore it or pass --retrain STEPS")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise NasError(f"checkpoint of trial {trial_number} does not fit its architecture ({str(e).splitlines()[0]}); pass --retrain STEPS") from None
+    return model.eval()
+
+
+def resolve_study(study: str, storage: str | None = None) -> tuple[str, str | None]:
+    """(study name, storage URL) from a study name (with an optional storage URL), or
+    from a storage URL alone when that database holds exactly one study."""
+    if storage is None and "://" in study:
+        check_storage(study, must_exist=True)
+        names = [s.study_name for s in open_storage(study, heartbeat=False).get_all_studies()]
+        if len(names) != 1:
+            raise NasError(f"{redact(study)} holds {len(names)} studies ({', '.join(names) or 'none'}); "
+                           f"name one: load_best(NAME, storage=URL) or nas export NAME --storage URL")
+        return names[0], study
+    return study, storage
+
+
 def load_best(study: str, *, storage: str | None = None, trial: int | None = None) -> torch.nn.Module:
-    """The best feasible (or the given) trial's model with its trained weights."""
+    """The best feasible (or the given) trial's model with its trained weights, in
+    eval mode. `study` is a study name (in `storage`, default studies/NAME.db) or a
+    storage URL whose database holds a single study."""
     from nas.storage import default_url
 
+    study, storage = resolve_study(study, storage)
     s = open_study(study, storage)
     t = pick_trial(s, trial)
     spec = trial_spec(t)
     state, _ = trained_weights(s, t, spec, url=storage or default_url(study), retrain=None)
-    model = build_model(spec)
-    model.load_state_dict(state)
-    return model.eval()
+    return model_with_weights(spec, state, t.number)
 
 
 # ---- the card and the command ---------------------------------------------------
-def model_card(study: optuna.Study, trial: optuna.trial.FrozenTrial, spec: ArchSpec, weights_from: str | None) -> str:
+def _num(value: Any, fmt: str) -> str:
+    """A stored number formatted, or '?' when missing or not a number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "?"
+    return format(value, fmt)
+
+
+def model_card(study: optuna.Study, trial: optuna.trial.FrozenTrial, spec: ArchSpec, weights_from: str | None,
+               params: int | None = None) -> str:
+    """card.md: what was measured about the trial during the search, and how it was found."""
     a = trial.user_attrs
     cfg = study.user_attrs.get("nas:config", {})
-    fit = trial.value if trial.value is not None else None
+    cfg = cfg if isinstance(cfg, dict) else {}
+    task = cfg.get("task", {}) if isinstance(cfg.get("task"), dict) else {}
+    space = cfg.get("space", {}) if isinstance(cfg.get("space"), dict) else {}
+    command = study.user_attrs.get("nas:command")
+    if not isinstance(command, str):
+        command = None
+    if params is None:
+        params = sum(p.numel() for p in build_model(spec).parameters())
     lines = [
         f"# {study.study_name}, trial {trial.number}",
         "",
-        f"- fitness ({cfg.get('task', {}).get('name', '?')} validation): {'-' if fit is None else f'{fit:.4f}'}",
+        f"- fitness ({task.get('name', '?')} validation, after {_num(a.get('steps_trained'), 'd')} steps of the search): "
+        f"{_num(trial.value, '.4f')}",
         f"- feasible under the budget: {'yes' if is_feasible(trial) else 'no'} (budget {json.dumps(cfg.get('budget'))})",
-        f"- measured latency: {a.get('latency_ms', float('nan')):.3f} ms per batch of {cfg.get('measure_batch', '?')} "
-        f"x {spec.max_seq_len} tokens (median; CV {a.get('latency_cv', float('nan')):.3f})",
-        f"- measured peak memory: {a.get('memory_mb', float('nan')):.2f} MiB inference, {a.get('train_memory_mb', float('nan')):.2f} MiB per training step",
-        f"- parameters: {a.get('params', sum(p.numel() for p in build_model(spec).parameters())):,}",
+        f"- measured latency: {_num(a.get('latency_ms'), '.3f')} ms per batch of {_num(cfg.get('measure_batch'), 'd')} "
+        f"x {spec.max_seq_len} tokens (median; robust CV {_num(a.get('latency_cv'), '.3f')})",
+        f"- measured peak memory: {_num(a.get('memory_mb'), '.2f')} MiB inference, "
+        f"{_num(a.get('train_memory_mb'), '.2f')} MiB per training step",
+        f"- parameters: {params:,}",
         f"- device: {a.get('device', '?')}",
-        f"- training steps: {a.get('steps_trained', '?')}; weights: {weights_from or 'none'}",
+        f"- weights: {weights_from or 'none'}",
         f"- attention per layer: {', '.join(l.attention for l in spec.layers)}",
-        f"- found by: `{study.user_attrs.get('nas:command', 'nas search --study ' + study.study_name)}`",
+        f"- found by: `{command}`" if command else
+        f"- found by: not recorded (study made through the Python API: task {task.get('name', '?')}, space {space.get('name', '?')})",
+        "",
+        "Load it without nas:",
+        "",
+        "```python",
+        "import torch",
+        "from model import build_model",
+        "",
+        "model = build_model()",
+        'model.load_state_dict(torch.load("weights.pt", weights_only=True))',
+        "model.eval()",
+        "```",
+        "",
+        "Architecture (arch.json):",
         "",
         "```json",
         json.dumps(spec.to_dict(), indent=2, sort_keys=True),
@@ -306,21 +444,34 @@ def model_card(study: optuna.Study, trial: optuna.trial.FrozenTrial, spec: ArchS
 
 def export(study_name: str, *, storage: str | None = None, trial: int | None = None, out: str | Path | None = None,
            retrain: int | None = None, device: str = "auto") -> Path:
-    """Write model.py, weights.pt, arch.json and card.md; returns the folder."""
+    """Write model.py, weights.pt, arch.json and card.md; returns the folder.
+
+    Everything is prepared (and the weights checked against the architecture)
+    before the first file is written, so a refused export leaves nothing behind."""
     from nas.storage import default_url
 
+    study_name, storage = resolve_study(study_name, storage)
+    check_study_name(study_name)  # the name goes into model.py's docstring: plain characters only
     url = storage or default_url(study_name)
     study = open_study(study_name, storage)
     t = pick_trial(study, trial)
     spec = trial_spec(t)
     state, weights_from = trained_weights(study, t, spec, url=url, retrain=retrain, device=device)
-    folder = Path(out) if out is not None else Path("exports") / study_name
-    folder.mkdir(parents=True, exist_ok=True)
+    model = model_with_weights(spec, state, t.number)  # refuses weights that do not fit
     header = f"{spec.depth}-layer transformer exported by nas from study {study_name}, trial {t.number}."
-    (folder / "model.py").write_text(generate_model_py(spec, header=header))
-    (folder / "arch.json").write_text(json.dumps(spec.to_dict(), indent=2, sort_keys=True) + "\n")
-    torch.save(state, folder / "weights.pt")
-    (folder / "card.md").write_text(model_card(study, t, spec, weights_from))
+    files = {
+        "model.py": generate_model_py(spec, header=header),
+        "arch.json": json.dumps(spec.to_dict(), indent=2, sort_keys=True) + "\n",
+        "card.md": model_card(study, t, spec, weights_from, sum(p.numel() for p in model.parameters())),
+    }
+    folder = Path(out) if out is not None else Path("exports") / study_name
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(state, folder / "weights.pt")
+        for name, text in files.items():
+            (folder / name).write_text(text)
+    except OSError as e:
+        raise NasError(f"cannot write to {folder}: {e.strerror or e}; pass another --out") from None
     return folder
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +21,7 @@ import optuna
 import torch
 
 from evaluators.errors import TaskError, TrialFailure
-from evaluators.hardware import resolve_device
+from evaluators.hardware import default_threads, resolve_device
 from evaluators.tasks import get_task
 from nas.choices import make_pruner, make_sampler
 from nas.objective import Budget, Objective, measure
@@ -29,6 +31,7 @@ from nas.tables import Tables
 from search_spaces import SearchSpace, SpecError, load_space
 
 CONFIG_ATTR = "nas:config"
+TRAIN_ATTR = "nas:train_options"  # e.g. {"lr": 0.01}: how every candidate is trained; workers read it from here
 IDENTITY_KEYS = ("task", "space", "budget", "device", "stages", "measure_batch")
 
 
@@ -122,7 +125,9 @@ class Search:
             self.device = resolve_device(cfg.device)
         except ValueError as e:
             raise SearchError(str(e)) from None
-        self.threads = cfg.measure_threads or torch.get_num_threads()
+        # One thread by default on CPU: two passes over the same architectures rank
+        # them far more consistently than with all cores (benchmarks/latency.py).
+        self.threads = cfg.measure_threads or default_threads()
         self.stages = tuple(cfg.stages) if cfg.stages else default_stages(cfg.steps)
         if any(s <= 0 for s in self.stages) or list(self.stages) != sorted(set(self.stages)):
             raise SearchError(f"--stages must be strictly increasing positive step counts, got {list(self.stages)}")
@@ -131,6 +136,7 @@ class Search:
             Path(STUDIES_DIR).mkdir(exist_ok=True)
         check_storage(self.url)
         self.storage = None
+        self.train_options: dict[str, Any] = dict(cfg.train_options)
         self.study: optuna.Study | None = None
         self.budget: Budget | None = None
         self._open(create)
@@ -171,8 +177,13 @@ class Search:
                 wanted["stages"] = stored["stages"]  # not asked for: keep the study's
                 self.stages = tuple(stored["stages"])
             diff = _describe_diff(stored, wanted)
+            stored_train = study.user_attrs.get(TRAIN_ATTR) or {}
+            if cfg.train_options and dict(cfg.train_options) != stored_train:
+                diff = "; ".join(filter(None, [diff, f"train_options: stored {json.dumps(stored_train, sort_keys=True)} "
+                                                     f"vs asked {json.dumps(cfg.train_options, sort_keys=True)}"]))
             if diff:
                 raise SearchError(f"study {cfg.study!r} exists with different settings ({diff}); run with the stored settings or use a new --study name")
+            self.train_options = dict(stored_train)
             self.budget = budget
             self._print(f"resuming study {cfg.study!r} in {redact(self.url)}: {finished_count(study)} finished trials")
             return
@@ -185,6 +196,9 @@ class Search:
         study = optuna.create_study(study_name=cfg.study, storage=self.storage, direction="maximize",
                                     sampler=optuna.samplers.RandomSampler(seed=0))
         study.set_user_attr(CONFIG_ATTR, self._identity(budget))
+        self.train_options = dict(cfg.train_options)
+        if self.train_options:
+            study.set_user_attr(TRAIN_ATTR, self.train_options)
         if cfg.command:
             study.set_user_attr("nas:command", cfg.command)
         study.set_user_attr("nas:description", f"{self.task.name} on space {self.space.name}: {self.task.description}")
@@ -234,7 +248,7 @@ class Search:
             study_name=self.cfg.study, task=self.task, space=self.space, budget=self.budget,
             device=self.device, stages=self.stages, tables=Tables(self.url), checkpoint_dir=ckpt_root,
             seed=self.cfg.seed, measure_batch=self.task.batch_size, threads=self.threads,
-            train_options=self.cfg.train_options,
+            train_options=self.train_options,
         )
 
     def load(self) -> optuna.Study:
@@ -249,29 +263,49 @@ class Search:
         PRUNED) trials in total. Failed trials (NaN, OOM, a killed worker) do not
         count; after as many failures as the target the search stops and says so."""
         study = self.load()
-        objective = self.objective()
+        inner = self.objective()
+        worker = f"{socket.gethostname()}:{os.getpid()}"
+
+        def objective(trial: optuna.Trial) -> float:
+            # Which process ran the trial: on a shared study, that is how a killed
+            # worker's trial is traced (and how tests find the process to kill).
+            trial.set_user_attr("worker", worker)
+            return inner(trial)
+
         target = self.cfg.trials
+        # A trial whose worker died (SIGKILL, power loss) stays RUNNING until some
+        # worker notices its stale heartbeat: do it now, so it is re-queued (same
+        # params) and retried by this run even if the target was reached meanwhile.
+        optuna.storages.fail_stale_trials(study)
         bar = _Progress(study, target, self.log if progress else None)
         max_failures = max(target, 10)
+
+        def more_to_do(study: optuna.Study) -> bool:
+            return (finished_count(study) < target or _pending_retries(study)) and _failed_count(study) < max_failures
 
         def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
             bar.update(study, trial)
             if on_trial is not None:
                 on_trial(study, trial)
-            if finished_count(study) >= target:
-                study.stop()
-            elif _failed_count(study) >= max_failures:
+            if not more_to_do(study):
                 study.stop()
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        while finished_count(study) < target and _failed_count(study) < max_failures:
-            remaining = target - finished_count(study)
+        while more_to_do(study):
+            remaining = max(target - finished_count(study), 0) + _pending_retries(study)
             study.optimize(objective, n_trials=remaining, catch=(TrialFailure, SpecError),
                            callbacks=[callback], gc_after_trial=False)
+        optuna.storages.fail_stale_trials(study)
         bar.close()
         if finished_count(study) < target:
             self._print(f"stopped after {_failed_count(study)} failed trials; see `nas show {self.cfg.study}` for their reasons")
         return study
+
+
+def _pending_retries(study: optuna.Study) -> int:
+    """Re-queued copies of trials whose worker died, not yet started."""
+    waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+    return sum("failed_trial" in t.system_attrs for t in waiting)
 
 
 def _failed_count(study: optuna.Study) -> int:

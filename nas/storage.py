@@ -128,17 +128,29 @@ def open_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.RDBStor
         engine_kwargs = {"connect_args": {"timeout": 120}}
     else:
         engine_kwargs = {"pool_pre_ping": True}
-    kwargs: dict = {}
-    if heartbeat:
-        kwargs = dict(
-            heartbeat_interval=HEARTBEAT_INTERVAL,
-            grace_period=GRACE_PERIOD,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
-        )
     try:
         with warnings.catch_warnings():
             # Heartbeats are "experimental" in Optuna's terms since 2.8; we rely on them knowingly.
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            kwargs: dict = {}
+            if heartbeat:
+                kwargs = dict(
+                    heartbeat_interval=HEARTBEAT_INTERVAL,
+                    grace_period=GRACE_PERIOD,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+                )
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
     except Exception as e:  # sqlalchemy / driver errors carry the URL: never echo it raw
-        raise StorageError(f"cannot open storage {redact(url)}: {type(e).__name__}: {redact(str(e)).splitlines()[0]}") from None
+        raise StorageError(f"cannot open storage {redact(url)}: {type(e).__name__}: {_driver_message(e, url)}") from None
+
+
+def _driver_message(e: BaseException, url: str) -> str:
+    """The first line of a driver error, with the URL and its password scrubbed."""
+    text = redact(str(e))
+    try:
+        password = make_url(url).password
+    except (ArgumentError, ValueError):
+        password = None
+    if password:
+        text = text.replace(str(password), "***")
+    return (text.strip().splitlines() or [type(e).__name__])[0]

@@ -19,6 +19,7 @@ from typing import Any
 import optuna
 import torch
 
+from nas.cli import STORAGE_ENV
 from nas.errors import NasError
 from nas.results import summary_table
 from nas.search import CONFIG_ATTR, Search, SearchConfig
@@ -56,6 +57,7 @@ def worker_main(args: argparse.Namespace) -> int:
     threads = os.environ.get("NAS_TRAIN_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
+    args.storage = args.storage or default_url(args.study)
     study = open_study(args.study, args.storage)
     cfg = config_from_study(study, args)
     search = Search(cfg, create=False)
@@ -63,8 +65,10 @@ def worker_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _worker_argv(cfg: SearchConfig, url: str, quiet: bool) -> list[str]:
-    argv = [sys.executable, "-m", "nas.cli", "worker", "--study", cfg.study, "--storage", url,
+def _worker_argv(cfg: SearchConfig, quiet: bool) -> list[str]:
+    # No --storage: the URL goes through the environment (STORAGE_ENV), so a
+    # password in it never shows in the process list.
+    argv = [sys.executable, "-m", "nas.cli", "worker", "--study", cfg.study,
             "--trials", str(cfg.trials), "--sampler", cfg.sampler, "--pruner", cfg.pruner,
             "--device", cfg.device, "--seed", str(cfg.seed), "--population", str(cfg.population),
             "--tournament", str(cfg.tournament), "--mutation-prob", str(cfg.mutation_prob),
@@ -89,11 +93,20 @@ def run_parallel(cfg: SearchConfig, workers: int, *, quiet: bool = False) -> int
             env["NAS_TRAIN_THREADS"] = str(max(1, cores // workers))
             env["OMP_NUM_THREADS"] = env["NAS_TRAIN_THREADS"]
         # Seeds differ per worker so that their random phases explore different points.
-        argv = _worker_argv(cfg, url, quiet)
+        env[STORAGE_ENV] = url
+        argv = _worker_argv(cfg, quiet)
         argv[argv.index("--seed") + 1] = str(cfg.seed + i)
         procs.append(subprocess.Popen(argv, env=env))
-    codes = [p.wait() for p in procs]
-    study = open_study(cfg.study, cfg.storage or default_url(cfg.study))
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        for p in procs:  # Ctrl-C reached them too (same process group); make sure they are gone
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        raise
+    study = open_study(cfg.study, url)
     print(summary_table(study, top=5))
     bad = [c for c in codes if c != 0]
     if bad:

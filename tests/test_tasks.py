@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -245,6 +246,27 @@ def test_text_missing_file(tmp_path):
         get_task("text", path=str(tmp_path / "absent.txt"))
     with pytest.raises(TaskError, match="no such file"):
         get_task("text", path=str(tmp_path))  # a directory
+
+
+def test_text_path_of_wrong_type():
+    with pytest.raises(TaskError, match="path must be a file path"):
+        get_task("text", path=42)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads any file")
+def test_text_unreadable_file(tmp_path):
+    path = tmp_path / "secret.txt"
+    path.write_bytes(b"x" * 10_000)
+    path.chmod(0)
+    with pytest.raises(TaskError, match="cannot read.*permissions"):
+        get_task("text", path=str(path))
+
+
+def test_text_max_bytes_limits_the_corpus(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(bytes(range(256)) * 100)
+    task = get_task("text", path=str(path), seq_len=16, n_valid=4, max_bytes=5000, batch_size=2)
+    assert task.n_bytes == 5000
 
 
 def test_text_too_small_file(tmp_path):

@@ -17,6 +17,16 @@ MQAR = {"vocab_size": 32, "seq_len": 16, "num_kv_pairs": 2, "n_valid": 32, "batc
 LISTOPS = {"max_depth": 3, "max_args": 4, "min_length": 6, "max_length": 32, "n_valid": 32, "batch_size": 8}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These models are tiny: one intra-op thread is faster than two, and far faster
+    than two on a machine whose cores are busy (OpenMP threads wait on each other)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def make(task_name="mqar", opts=MQAR, dropout=0.1, init_seed=0, **trainer_kw):
     task = get_task(task_name, **opts)
     s = task.shape
@@ -128,6 +138,15 @@ def test_nan_loss_raises_training_diverged():
     assert isinstance(info.value, TrialFailure) and info.value.reason == "diverged" and info.value.step == 1
 
 
+def test_divergence_names_the_first_bad_step():
+    t = make()
+    forward = t.model.forward
+    t.model.forward = lambda *a, **k: forward(*a, **k) * (float("inf") if t.steps_done >= 4 else 1.0)
+    with pytest.raises(TrainingDiverged) as info:
+        t.train(10)
+    assert info.value.step == 5 and t.steps_done == 5  # the 5th step (0-based step 4) saw inf
+
+
 def test_huge_learning_rate_diverges():
     t = make(lr=1e10, warmup_steps=1, grad_clip=None, max_steps=50, dropout=0.0)
     with pytest.raises(TrainingDiverged) as info:
@@ -149,6 +168,33 @@ def test_out_of_memory_raises_device_out_of_memory():
     assert t.steps_done == 0
     with pytest.raises(DeviceOutOfMemory, match="evaluation"):
         t.evaluate()
+
+
+def test_out_of_memory_in_a_report_evaluation():
+    t = make()
+    evaluate = t.task.evaluate
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    t.task.evaluate = oom
+    with pytest.raises(DeviceOutOfMemory, match="during evaluation"):
+        t.train(4, report_at=[2], report=lambda step, r: None)
+    assert t.steps_done == 2
+    t.task.evaluate = evaluate
+
+
+def test_checkpoint_of_unknown_format_is_refused():
+    t = make()
+    state = t.state_dict()
+    state["format"] = 99
+    with pytest.raises(ValueError, match="format"):
+        make().load_state_dict(state)
+
+
+def test_bad_until_step():
+    with pytest.raises(ValueError, match="until_step"):
+        make().train(2.5)
 
 
 def test_grad_checkpointing_gives_the_same_training():

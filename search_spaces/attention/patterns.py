@@ -22,30 +22,36 @@ pairs; every causal kind adds j <= i and padding keys are never visible:
 How it is computed, and why. CPU `scaled_dot_product_attention` visits every key
 block whatever the mask says (see DESIGN.md), and a dense n x n mask is itself
 quadratic, so a pattern is only worth having if it is computed on gathered keys.
-Every pattern here is a union of a few *key sets*, each of which can be laid out
-as a small dense problem:
+Every pattern here is a union of a few *key sets*, each a small dense problem per
+query chunk:
 
   band      queries in chunks of c attend to the c + w - 1 (causal) or c + 2w - 2
-            (bidirectional) keys around the chunk, gathered with `unfold` (a view);
+            (bidirectional) keys around the chunk, gathered with `unfold`;
+  global    the g leading keys, the same for every chunk, and, when bidirectional,
+            the g leading queries, which see every key (g x n);
+  random    BigBird chunks queries by its block size b; each chunk gathers its r
+            random key blocks with `index_select`;
   columns   the strided part: with i = a*s + r, the keys of the same residue r form
-            a column, so a (s, n/s, n/s) batched matmul holds all of them;
-  global    the g leading keys, seen by every query (an n x g matmul), and, when
-            bidirectional, the g leading queries, which see every key (g x n);
-  random    per query block of size b, its r random key blocks gathered with
-            `index_select` (a (n/b, b, r*b) batched matmul).
+            a column, so a (s, n/s, n/s) batched matmul holds all of them.
 
-Each set is softmaxed on its own and the sets are merged with the log-sum-exp
-trick (the merge flash attention uses across key blocks), so the result is one
-softmax over the union. A set's mask removes the pairs another set already holds
-(and repeated random blocks), so no key is counted twice. Nothing of size n x n is
-ever built: time and memory are O(n (c + w)), O(n (s + n/s)) or O(n r b).
+local, block, longformer and bigbird concatenate their sets along the keys and run
+one `scaled_dot_product_attention` per call with the chunks as the batch: one
+joint softmax over the union, in the fused kernel (on a 2-core CPU about 2x faster
+per (query, key) pair than separate matmul/softmax ops). A set's boolean mask hides
+the pairs an earlier set already holds (and repeated random blocks), so no key is
+counted twice. strided cannot share a key list across a chunk (each residue has its
+own column), so its two sets are softmaxed separately and merged with the
+log-sum-exp trick (as flash attention merges key blocks). Nothing of size n x n is
+ever built: time and memory are O(n (c + w + g + r b)) or O(n (s + n/s)).
 
-All ops are plain tensor ops (unfold, index_select, matmul, masked_fill), so they
-run on CPU and CUDA, in float32 and bf16 (scores and softmax statistics are kept
-in float32), and under autograd.
+All ops are plain tensor ops (unfold, index_select, matmul, masked_fill, SDPA), so
+they run on CPU and CUDA, in float32 and bf16, and under autograd. Rows with no
+visible key (only ever padding queries) come out as zeros.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -94,18 +100,25 @@ def _in_band(d: Tensor, window: int, causal: bool) -> Tensor:
     return d.abs() < window
 
 
-def _softmax_part(scores: Tensor, visible: Tensor, values: Tensor) -> Part:
+def _softmax_part(scores: Tensor, hidden: list[Tensor], values: Tensor) -> Part:
     """Softmax statistics of one key set.
 
-    scores (..., q, k) in any dtype, visible a bool mask broadcastable to it,
+    scores (..., q, k) in any dtype, straight from a matmul; `hidden` bool masks, each
+    broadcastable to it, True where the pair is NOT visible (several small masks
+    applied one after the other, so no mask of the scores' full size is built);
     values (..., k, d). Returns the unnormalised output sum_j e_ij v_j, the row max
     m_i and the row sum l_i = sum_j e_ij with e_ij = exp(s_ij - m_i), all float32.
-    The row max is detached: the merged result does not depend on it, so this is
-    exact and keeps the max out of the backward graph.
+
+    The ops work in place on the fresh scores (autograd allows it: the matmul that
+    made them saved its inputs, not its output; exp_ saves its result), which saves
+    a full copy per step. The row max is detached: the merged result does not
+    depend on it, so this is exact and keeps the max out of the backward graph.
     """
-    s = scores.float().masked_fill(~visible, float("-inf"))
+    s = scores.float()
+    for mask in hidden:
+        s = s.masked_fill_(mask, float("-inf"))
     m = s.amax(dim=-1, keepdim=True).detach().clamp_min(_EMPTY_ROW_MAX)
-    e = (s - m).exp_()  # masked entries: exp(-inf) = 0
+    e = s.sub_(m).exp_()  # hidden pairs: exp(-inf) = 0
     l = e.sum(dim=-1, keepdim=True)
     o = torch.matmul(e.to(values.dtype), values).float()
     return o, m, l
@@ -116,6 +129,9 @@ def _merge(parts: list[Part], dtype: torch.dtype) -> Tensor:
 
     Rows with no visible key at all (padding queries) come out as zeros.
     """
+    if len(parts) == 1:  # one key set: nothing to merge
+        o, _, l = parts[0]
+        return (o / torch.where(l > 0, l, torch.ones_like(l))).to(dtype)
     big_m = parts[0][1]
     for _, m, _ in parts[1:]:
         big_m = torch.maximum(big_m, m)
@@ -155,13 +171,24 @@ def _band_part(q: Tensor, k: Tensor, v: Tensor, kpm: Tensor | None, n: int, wind
     scores = torch.matmul(qb, kb)  # (b, h, nb, chunk, kw)
 
     dev = q.device
-    i = torch.arange(nq, device=dev).view(nb, chunk, 1)
-    j = (torch.arange(nb, device=dev) * chunk - left).view(nb, 1, 1) + torch.arange(kw, device=dev)
-    visible = _in_band(i - j, window, causal) & (j >= 0) & (j < n)  # (nb, chunk, kw)
-    if kpm is not None:
+    # i - j = t - u + left for query t and key slot u of a chunk: the same in every chunk.
+    offset = torch.arange(chunk, device=dev).view(chunk, 1) - torch.arange(kw, device=dev) + left
+    hidden = [~_in_band(offset, window, causal)]  # (chunk, kw)
+    if kpm is not None:  # padded with False, so it also hides keys outside [0, n)
         keep = _pad_keep(kpm, n, total, left).unfold(1, kw, chunk)  # (b, nb, kw)
-        visible = visible & keep[:, None, :, None, :]
-    o, m, l = _softmax_part(scores, visible, vb)
+        hidden.append(~keep[:, None, :, None, :])
+    else:
+        # Keys outside [0, n) (our zero padding) sit only in the first and last few
+        # chunks: hide them there, on a slice, rather than with a pass over all scores.
+        first = min(nb, -(-left // chunk))  # chunks 0 .. first-1 reach j < 0
+        last = max(first, min(nb, (n + left - kw) // chunk + 1))  # chunks last.. reach j >= n
+        j = (torch.arange(nb, device=dev) * chunk - left).view(nb, 1) + torch.arange(kw, device=dev)
+        outside = ((j < 0) | (j >= n)).view(nb, 1, kw)
+        scores = scores.float()
+        for lo, hi in ((0, first), (last, nb)):
+            if hi > lo:
+                scores[:, :, lo:hi].masked_fill_(outside[lo:hi], float("-inf"))
+    o, m, l = _softmax_part(scores, hidden, vb)
     return (o.reshape(b, h, nq, d)[:, :, :n], m.reshape(b, h, nq, 1)[:, :, :n],
             l.reshape(b, h, nq, 1)[:, :, :n])
 
@@ -185,13 +212,14 @@ def _column_part(q: Tensor, k: Tensor, v: Tensor, kpm: Tensor | None, n: int, st
     dev = q.device
     rows = torch.arange(a, device=dev)
     diff = rows.view(a, 1) - rows.view(1, a)  # a - a' = (i - j) / s
-    visible = (diff > 0) if causal else (diff != 0)
-    j = rows.view(1, 1, a) * stride + torch.arange(stride, device=dev).view(stride, 1, 1)
-    visible = visible & (j < n)  # (s, a, a')
-    if kpm is not None:
+    hidden = [(diff <= 0) if causal else (diff == 0)]  # (a, a')
+    if kpm is not None:  # padded with False, so it also hides keys past n
         keep = _pad_keep(kpm, n, nq).view(b, a, stride).transpose(1, 2)  # (b, s, a')
-        visible = visible & keep[:, None, :, None, :]
-    o, m, l = _softmax_part(scores, visible, cols(v))
+        hidden.append(~keep[:, None, :, None, :])
+    elif nq > n:
+        j = rows.view(1, 1, a) * stride + torch.arange(stride, device=dev).view(stride, 1, 1)
+        hidden.append(j >= n)  # (s, 1, a')
+    o, m, l = _softmax_part(scores, hidden, cols(v))
 
     def back(x: Tensor) -> Tensor:  # (b, h, s, a, x) -> (b, h, n, x)
         return x.transpose(2, 3).reshape(b, h, nq, x.shape[-1])[:, :, :n]
@@ -199,165 +227,229 @@ def _column_part(q: Tensor, k: Tensor, v: Tensor, kpm: Tensor | None, n: int, st
     return back(o), back(m), back(l)
 
 
-def _global_key_part(q: Tensor, k: Tensor, v: Tensor, kpm: Tensor | None, n: int, g: int,
-                     window: int, causal: bool) -> Part:
-    """Every query against the g leading (global) keys, minus those its window holds."""
-    kg, vg = k[:, :, :g], v[:, :, :g]
-    scores = torch.matmul(q, kg.transpose(-1, -2))  # (b, h, n, g)
-    dev = q.device
-    i = torch.arange(n, device=dev).view(n, 1)
-    j = torch.arange(g, device=dev).view(1, g)
-    visible = ~_in_band(i - j, window, causal)
+# ---------------------------------------------------------------------------
+# the joint path: one fused softmax over the concatenated key sets of a chunk
+# ---------------------------------------------------------------------------
+class _KeySet(NamedTuple):
+    """Keys and values gathered per query chunk, (batch, heads, chunks, K, d) (may be an
+    expanded view), and `hidden`, broadcastable to (batch, chunks, chunk, K): True
+    where the pair is not visible (outside the pattern, padding, or already held by
+    an earlier set in the list)."""
+
+    k: Tensor
+    v: Tensor
+    hidden: Tensor
+
+
+def _band_keys(k: Tensor, v: Tensor, kpm: Tensor | None, n: int, nq: int, chunk: int, window: int,
+               causal: bool) -> _KeySet:
+    """Sliding window: chunk qb (queries qb*c .. qb*c + c - 1) gathers the keys from
+    qb*c - (w - 1) to qb*c + c - 1 (+ w - 1 ahead when bidirectional), an overlapping
+    `unfold` view of the zero-padded keys: K = c + w - 1 (+ w - 1) keys per chunk."""
+    nb = nq // chunk
+    left = window - 1
+    right = 0 if causal else window - 1
+    kw = chunk + left + right
+    total = nq + left + right  # (total - kw) // chunk + 1 == nb windows
+    kb = _pad_seq(k, total, left).unfold(2, kw, chunk).transpose(-1, -2)  # (b, h, nb, kw, d)
+    vb = _pad_seq(v, total, left).unfold(2, kw, chunk).transpose(-1, -2)
+    dev = k.device
+    # i - j = t - u + left for query t and key slot u of a chunk: the same in every chunk.
+    offset = torch.arange(chunk, device=dev).view(chunk, 1) - torch.arange(kw, device=dev) + left
+    hidden = ~_in_band(offset, window, causal)  # (chunk, kw)
+    if kpm is not None:  # padded with False, so it also hides keys outside [0, n)
+        keep = _pad_keep(kpm, n, total, left).unfold(1, kw, chunk)  # (b, nb, kw)
+        return _KeySet(kb, vb, hidden | ~keep[:, :, None, :])
+    j = (torch.arange(nb, device=dev) * chunk - left).view(nb, 1) + torch.arange(kw, device=dev)
+    return _KeySet(kb, vb, hidden | ((j < 0) | (j >= n)).view(nb, 1, kw))
+
+
+def _global_keys(k: Tensor, v: Tensor, kpm: Tensor | None, nq: int, chunk: int, g: int, window: int,
+                 causal: bool) -> _KeySet:
+    """The g leading (global) keys, the same for every chunk, minus the window's."""
+    b, h, _, d = k.shape
+    nb = nq // chunk
+    kg = k[:, :, None, :g].expand(b, h, nb, g, d)
+    vg = v[:, :, None, :g].expand(b, h, nb, g, d)
+    dev = k.device
+    i = torch.arange(nq, device=dev).view(nb, chunk, 1)
+    j = torch.arange(g, device=dev)
+    hidden = _in_band(i - j, window, causal)  # the window holds these already
     if causal:
-        visible = visible & (j <= i)
+        hidden = hidden | (j > i)
     if kpm is not None:
-        visible = visible & kpm[:, None, None, :g]
-    return _softmax_part(scores, visible, vg)
+        hidden = hidden | ~kpm[:, None, None, :g]
+    return _KeySet(kg, vg, hidden)
 
 
-def _global_query_rows(q: Tensor, k: Tensor, v: Tensor, kpm: Tensor | None, g: int) -> Part:
-    """The g leading (global) queries of a bidirectional model against every key: O(g n)."""
-    scores = torch.matmul(q[:, :, :g], k.transpose(-1, -2))  # (b, h, g, n)
-    visible = torch.ones(1, dtype=torch.bool, device=q.device) if kpm is None else kpm[:, None, None, :]
-    return _softmax_part(scores, visible, v)
+def _random_keys(k: Tensor, v: Tensor, kpm: Tensor | None, n: int, nq: int, block: int, table: Tensor,
+                 window: int, g: int, causal: bool) -> _KeySet:
+    """BigBird's random blocks: query block qb (the chunk) gathers key blocks table[qb].
 
-
-def _random_part(q: Tensor, k: Tensor, v: Tensor, kpm: Tensor | None, n: int, table: Tensor,
-                 block: int, window: int, g: int, causal: bool) -> Part:
-    """BigBird's random blocks: query block qb against key blocks table[qb].
-
-    Pairs already held by the window or the global keys, keys past n, and repeats
-    of a block within one row of the table are masked, so each key counts once.
+    Pairs the window or the global keys already hold, keys past n, and repeats of a
+    block within one row of the table are hidden, so each key counts once.
     """
-    b, h, _, d = q.shape
-    nq = _round_up(n, block)
+    b, h, _, d = k.shape
     nqb, r = table.shape
     flat = table.reshape(-1)
 
     def gather(x: Tensor) -> Tensor:  # (b, h, n, d) -> (b, h, nqb, r*block, d)
-        xb = _pad_seq(x, nq).view(b, h, nqb, block, d)
-        return xb.index_select(2, flat).view(b, h, nqb, r * block, d)
+        return _pad_seq(x, nq).view(b, h, nqb, block, d).index_select(2, flat).view(b, h, nqb, r * block, d)
 
-    qb = _pad_seq(q, nq).view(b, h, nqb, block, d)
-    scores = torch.matmul(qb, gather(k).transpose(-1, -2))  # (b, h, nqb, block, r*block)
-
-    dev = q.device
+    dev = k.device
     i = torch.arange(nq, device=dev).view(nqb, block, 1)
     j = (table.view(nqb, r, 1) * block + torch.arange(block, device=dev)).view(nqb, 1, r * block)
     earlier = torch.ones(r, r, dtype=torch.bool, device=dev).tril(-1)  # [rho, rho'] with rho' < rho
     repeat = ((table.view(nqb, r, 1) == table.view(nqb, 1, r)) & earlier).any(-1)  # (nqb, r)
     repeat = repeat.view(nqb, r, 1).expand(nqb, r, block).reshape(nqb, 1, r * block)
-    visible = (j < n) & (j >= g) & ~repeat & ~_in_band(i - j, window, causal)
+    hidden = _in_band(i - j, window, causal) | (j >= n) | (j < g) | repeat
     if causal:
-        visible = visible & (j <= i)
+        hidden = hidden | (j > i)
     if kpm is not None:
         keep = _pad_keep(kpm, n, nq).view(b, nqb, block).index_select(1, flat)  # (b, nqb*r, block)
-        visible = visible & keep.view(b, 1, nqb, 1, r * block)
-    o, m, l = _softmax_part(scores, visible, gather(v))
-    return (o.reshape(b, h, nq, d)[:, :, :n], m.reshape(b, h, nq, 1)[:, :, :n],
-            l.reshape(b, h, nq, 1)[:, :, :n])
+        hidden = hidden | ~keep.view(b, nqb, 1, r * block)
+    return _KeySet(gather(k), gather(v), hidden)
+
+
+def _sdpa(q: Tensor, k: Tensor, v: Tensor, hidden: Tensor, scale: float) -> Tensor:
+    """Fused attention with a boolean mask; rows with no visible key give zeros.
+
+    Such rows are only ever padding queries (a real query always sees itself). They
+    are given every key and zeroed afterwards, so no kernel sees an all-masked row
+    (some return NaN for it) and no gradient leaves them.
+    """
+    empty = hidden.all(dim=-1, keepdim=True)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=~hidden | empty, scale=scale)
+    return out.masked_fill(empty, 0.0)
+
+
+def _joint_attend(q: Tensor, n: int, chunk: int, sets: list[_KeySet], scale: float) -> Tensor:
+    """Attention of each query chunk over the union of its key sets, in one
+    `scaled_dot_product_attention` call: the chunks become the batch, the sets are
+    concatenated along the keys, and their `hidden` masks make the union exact.
+
+    CPU SDPA's flash kernel fuses scores, softmax and the value product, so per
+    (query, key) pair this costs several times less than separate tensor ops; the
+    gathered keys keep the pair count O(n K) instead of the n^2 a masked SDPA over
+    the whole sequence would visit.
+    """
+    b, h, _, d = q.shape
+    nq = _round_up(n, chunk)
+    nb = nq // chunk
+    qb = _pad_seq(q, nq).view(b, h, nb, chunk, d).transpose(1, 2).reshape(b * nb, h, chunk, d)
+    keys = torch.cat([s.k for s in sets], dim=3) if len(sets) > 1 else sets[0].k
+    vals = torch.cat([s.v for s in sets], dim=3) if len(sets) > 1 else sets[0].v
+    kk = keys.shape[3]
+    keys = keys.transpose(1, 2).reshape(b * nb, h, kk, d)
+    vals = vals.transpose(1, 2).reshape(b * nb, h, kk, d)
+    bm = max(s.hidden.shape[0] if s.hidden.dim() == 4 else 1 for s in sets)  # batch of the masks
+    hidden = torch.cat([s.hidden.expand(bm, nb, chunk, s.k.shape[3]) for s in sets], dim=-1)
+    hidden = hidden.reshape(bm * nb, 1, chunk, kk)
+    if bm != b:  # masks with no batch dim: the same for every sequence
+        hidden = hidden.view(1, nb, 1, chunk, kk).expand(b, nb, 1, chunk, kk).reshape(b * nb, 1, chunk, kk)
+    out = _sdpa(qb, keys, vals, hidden, scale)
+    return out.view(b, nb, h, chunk, d).transpose(1, 2).reshape(b, h, nq, d)[:, :, :n]
 
 
 def _band_chunk(window: int) -> int:
-    # Query chunk for the band. Each chunk reads c + w - 1 keys (causal) for w
-    # useful ones per query, so a smaller c wastes less work but makes more, smaller
-    # matmuls; c = w, kept within [16, 128], was the fastest on CPU (benchmarks/attention.py).
-    return max(16, min(window, 128))
+    # Query chunk of the sliding window. Each chunk reads c + w - 1 keys (causal) for
+    # w useful ones per query: a small c wastes little work but makes many small
+    # problems. c = w kept within [16, 64] was the fastest on a 2-core CPU at w = 256
+    # (64: 4.9x causal SDPA at n = 8192; 128: 4.2x; 256: 3.7x).
+    return max(16, min(window, 64))
 
 
 # ---------------------------------------------------------------------------
 # the kinds
 # ---------------------------------------------------------------------------
-class _PatternAttention(Attention):
-    """Shared `attend`: scale q, compute the kind's key sets, merge them."""
-
-    def parts(self, q: Tensor, k: Tensor, v: Tensor, kpm: Tensor | None, n: int) -> list[Part]:
-        raise NotImplementedError
-
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None) -> Tensor:
-        n = q.shape[2]
-        kpm = None if key_padding_mask is None else key_padding_mask.to(torch.bool)
-        q = q * self.scale  # O(n d) here instead of O(n K) on the scores
-        return self.finish(_merge(self.parts(q, k, v, kpm, n), q.dtype), q, k, v, kpm)
-
-    def finish(self, out: Tensor, q: Tensor, k: Tensor, v: Tensor, kpm: Tensor | None) -> Tensor:
-        return out
-
-
-class LocalAttention(_PatternAttention):
+class LocalAttention(Attention):
     """Sliding-window attention: key j is visible to query i iff |i - j| < w
     (causal: 0 <= i - j < w). Beltagy et al. 2020 (Longformer), Parmar et al. 2018.
 
     O(n (c + w)) time and memory, c = the query chunk (see `_band_chunk`).
     """
 
-    def parts(self, q, k, v, kpm, n):
-        w = self.layer.window
-        return [_band_part(q, k, v, kpm, n, w, self.causal, min(_band_chunk(w), n))]
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None) -> Tensor:
+        n, w = q.shape[2], self.layer.window
+        chunk = min(_band_chunk(w), n)
+        nq = _round_up(n, chunk)
+        band = _band_keys(k, v, _bool(key_padding_mask), n, nq, chunk, w, self.causal)
+        return _joint_attend(q, n, chunk, [band], self.scale)
 
 
-class StridedAttention(_PatternAttention):
-    """Sparse Transformer strided attention (Child et al. 2019): the union of its two
-    heads' patterns, |i - j| < s or (i - j) mod s == 0 (causal adds j <= i).
-
-    A band of width s plus the same-residue columns: O(n (s + n/s)), O(n sqrt n) at
-    s ~ sqrt n.
-    """
-
-    def parts(self, q, k, v, kpm, n):
-        s = self.layer.stride
-        return [_band_part(q, k, v, kpm, n, s, self.causal, min(_band_chunk(s), n)),
-                _column_part(q, k, v, kpm, n, s, self.causal)]
-
-
-class BlockAttention(_PatternAttention):
+class BlockAttention(Attention):
     """Blockwise attention (Qiu et al. 2020, BlockBERT): i // b == j // b (causal adds
     j <= i). Each block is a dense b x b problem: O(n b)."""
 
-    def parts(self, q, k, v, kpm, n):
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None) -> Tensor:
+        n = q.shape[2]
         bs = min(self.layer.block, n)
-        b, h, _, d = q.shape
         nq = _round_up(n, bs)
         nb = nq // bs
-
-        def blocks(x: Tensor) -> Tensor:
-            return _pad_seq(x, nq).view(b, h, nb, bs, d)
-
-        scores = torch.matmul(blocks(q), blocks(k).transpose(-1, -2))  # (b, h, nb, bs, bs)
-        pos = torch.arange(nq, device=q.device).view(nb, bs)
-        visible = (pos < n).view(nb, 1, bs)  # keys past n (the padding we added)
-        if self.causal:
-            visible = visible & (pos.view(nb, bs, 1) >= pos.view(nb, 1, bs))
-        if kpm is not None:
-            visible = visible & _pad_keep(kpm, n, nq).view(b, 1, nb, 1, bs)
-        o, m, l = _softmax_part(scores, visible, blocks(v))
-        return [(o.reshape(b, h, nq, d)[:, :, :n], m.reshape(b, h, nq, 1)[:, :, :n],
-                 l.reshape(b, h, nq, 1)[:, :, :n])]
+        b, h, _, d = k.shape
+        kb = _pad_seq(k, nq).view(b, h, nb, bs, d)
+        vb = _pad_seq(v, nq).view(b, h, nb, bs, d)
+        t = torch.arange(bs, device=q.device)
+        hidden = (t.view(bs, 1) < t.view(1, bs)) if self.causal else torch.zeros(1, 1, dtype=torch.bool,
+                                                                                 device=q.device)
+        kpm = _bool(key_padding_mask)
+        if kpm is not None:  # padded with False, so it also hides keys past n
+            hidden = hidden | ~_pad_keep(kpm, n, nq).view(b, nb, 1, bs)
+        else:
+            hidden = hidden | (torch.arange(nq, device=q.device) >= n).view(nb, 1, bs)
+        return _joint_attend(q, n, bs, [_KeySet(kb, vb, hidden)], self.scale)
 
 
-class LongformerAttention(_PatternAttention):
+class StridedAttention(Attention):
+    """Sparse Transformer strided attention (Child et al. 2019): the union of its two
+    heads' patterns, |i - j| < s or (i - j) mod s == 0 (causal adds j <= i).
+
+    A band of width s plus the same-residue columns, each softmaxed on its own and
+    merged by log-sum-exp (the columns differ per query, so they cannot share a
+    chunk's key list): O(n (s + n/s)), O(n sqrt n) at s ~ sqrt n.
+    """
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None) -> Tensor:
+        n, s = q.shape[2], self.layer.stride
+        kpm = _bool(key_padding_mask)
+        qs = q * self.scale  # O(n d) here instead of O(n K) on the scores
+        parts = [_band_part(qs, k, v, kpm, n, s, self.causal, min(_band_chunk(s), n)),
+                 _column_part(qs, k, v, kpm, n, s, self.causal)]
+        return _merge(parts, q.dtype)
+
+
+class LongformerAttention(Attention):
     """Longformer (Beltagy et al. 2020): local(w) or j < g or i < g, the sliding
     window plus g leading global tokens that see and are seen by every token.
 
-    Band + the g global keys (minus the band's) + (bidirectional) the g global query
-    rows, each a dense softmax over all keys: O(n (c + w + g)).
-    In a causal model a global query i < g can only see j <= i < g, which the global
-    keys already cover, so only the key side is needed.
+    Each query chunk attends to its window and the g global keys (minus those in its
+    window) in one joint softmax; when bidirectional the g global query rows see every
+    key (g x n). O(n (c + w + g)). In a causal model a global query i < g can only see
+    j <= i < g, which the global keys already cover, so only the key side is needed.
     """
 
-    def parts(self, q, k, v, kpm, n):
-        w, g = self.layer.window, min(self.layer.global_tokens, n)
-        parts = [_band_part(q, k, v, kpm, n, w, self.causal, min(_band_chunk(w), n))]
-        if g > 0:
-            parts.append(_global_key_part(q, k, v, kpm, n, g, w, self.causal))
-        return parts
+    def chunk(self, n: int) -> int:
+        return min(_band_chunk(self.layer.window), n)
 
-    def finish(self, out, q, k, v, kpm):
-        g = min(self.layer.global_tokens, q.shape[2])
+    def key_sets(self, k: Tensor, v: Tensor, kpm: Tensor | None, n: int, nq: int, chunk: int) -> list[_KeySet]:
+        w, g = self.layer.window, min(self.layer.global_tokens, n)
+        sets = [_band_keys(k, v, kpm, n, nq, chunk, w, self.causal)]
+        if g > 0:
+            sets.append(_global_keys(k, v, kpm, nq, chunk, g, w, self.causal))
+        return sets
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None) -> Tensor:
+        n = q.shape[2]
+        kpm = _bool(key_padding_mask)
+        chunk = self.chunk(n)
+        out = _joint_attend(q, n, chunk, self.key_sets(k, v, kpm, n, _round_up(n, chunk), chunk), self.scale)
+        g = min(self.layer.global_tokens, n)
         if self.causal or g == 0:
             return out
         # A global query's visible set is every key, so its row is plain attention.
-        rows = _merge([_global_query_rows(q, k, v, kpm, g)], out.dtype)
+        hidden = torch.zeros(1, 1, 1, 1, dtype=torch.bool, device=q.device) if kpm is None \
+            else ~kpm[:, None, None, :]
+        rows = _sdpa(q[:, :, :g], k, v, hidden.expand(q.shape[0], 1, g, n), self.scale)
         return torch.cat([rows, out[:, :, g:]], dim=2)
 
 
@@ -365,14 +457,16 @@ class BigBirdAttention(LongformerAttention):
     """BigBird (Zaheer et al. 2020): longformer(w, g) or j // b in R[i // b], where
     R holds r random key blocks (of size b) per query block.
 
+    Queries are chunked by the random block size b; each chunk attends, in one joint
+    softmax, to its window, the global keys and its r random key blocks, with repeats
+    and pairs already held by the window or the global keys hidden, so the softmax is
+    over the set union. O(n (b + w + g + r b)).
+
     R is fixed by `layer.seed`: r integers in [0, 2^31) per query block of the
     longest sequence are drawn once from a seeded `torch.Generator`, and scaled to
     the blocks a query block may pick at length n (causal: blocks 0..its own;
     bidirectional: all ceil(n / b) blocks), so the same spec always gives the same
     pattern, and a causal model's pattern for a prefix does not depend on n.
-    Repeated blocks, and pairs the window or the global keys already hold, are
-    masked in the random set, so the softmax is over the set union.
-    O(n (c + w + g + r b)).
     """
 
     def __init__(self, d_model: int, layer: LayerSpec, max_seq_len: int, causal: bool) -> None:
@@ -395,10 +489,17 @@ class BigBirdAttention(LongformerAttention):
             choices = torch.full((nqb, 1), nqb, device=bits.device, dtype=torch.int64)
         return (bits * choices) >> 31  # floor(u * choices), u = bits / 2^31 in [0, 1)
 
-    def parts(self, q, k, v, kpm, n):
-        parts = super().parts(q, k, v, kpm, n)
+    def chunk(self, n: int) -> int:
+        return self.layer.block  # the query blocks the random table is drawn for
+
+    def key_sets(self, k, v, kpm, n, nq, chunk):
+        sets = super().key_sets(k, v, kpm, n, nq, chunk)
         if self.layer.random_blocks > 0:
             g = min(self.layer.global_tokens, n)
-            parts.append(_random_part(q, k, v, kpm, n, self.random_block_table(n), self.layer.block,
-                                      self.layer.window, g, self.causal))
-        return parts
+            sets.append(_random_keys(k, v, kpm, n, nq, chunk, self.random_block_table(n),
+                                     self.layer.window, g, self.causal))
+        return sets
+
+
+def _bool(mask: Tensor | None) -> Tensor | None:
+    return None if mask is None else mask.to(torch.bool)
