@@ -58,9 +58,13 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--kinds", default="full,linear")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch.set_num_threads (1: these models are small, and 2 threads on busy cores crawl)")
     ap.add_argument("--torch-init", action="store_true",
                     help="PyTorch's default init instead of build_model's GPT-2 init (std 0.02); see mqar_speed.py")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     task = get_task("mqar", num_kv_pairs=args.pairs, seq_len=args.seq_len, vocab_size=args.vocab_size,
                     n_valid=500, seed=args.seed)

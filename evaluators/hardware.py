@@ -561,7 +561,8 @@ def measure_memory(
     runs first so lazy one-off allocations are not counted. On the CPU the
     passes run with `threads` intra-op threads (default: `default_threads()`,
     restored afterwards): the same setting as `measure_latency`, so a loaded
-    machine slows the measurement least; the bytes counted do not depend on it.
+    machine slows the measurement least. (The bytes counted were the same, to
+    within 0.2%, with 1 and 2 threads for sampled architectures of the default space.)
     """
     device = resolve_device(device)
     _check_dtype(dtype)
@@ -629,7 +630,8 @@ def estimate_flops(model: nn.Module, *, batch_size: int, seq_len: int, vocab_siz
     """An ESTIMATE of the forward FLOPs of one batch, counted analytically by
     `torch.utils.flop_counter.FlopCounterMode` over the operators the forward
     runs on the CPU (matmuls and SDPA; elementwise work is not counted). Never
-    use it in place of a measured latency."""
+    use it in place of a measured latency. The first call in a process pays a
+    one-time import inside `FlopCounterMode` (torch._dynamo; ~1.5-4 s)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     p = next(model.parameters(), None)

@@ -13,6 +13,7 @@ import math
 import os
 import socket
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TextIO
@@ -276,7 +277,7 @@ class Search:
         # A trial whose worker died (SIGKILL, power loss) stays RUNNING until some
         # worker notices its stale heartbeat: do it now, so it is re-queued (same
         # params) and retried by this run even if the target was reached meanwhile.
-        optuna.storages.fail_stale_trials(study)
+        _fail_stale_trials(study)
         bar = _Progress(study, target, self.log if progress else None)
         max_failures = max(target, 10)
 
@@ -295,11 +296,17 @@ class Search:
             remaining = max(target - finished_count(study), 0) + _pending_retries(study)
             study.optimize(objective, n_trials=remaining, catch=(TrialFailure, SpecError),
                            callbacks=[callback], gc_after_trial=False)
-        optuna.storages.fail_stale_trials(study)
+        _fail_stale_trials(study)
         bar.close()
         if finished_count(study) < target:
             self._print(f"stopped after {_failed_count(study)} failed trials; see `nas show {self.cfg.study}` for their reasons")
         return study
+
+
+def _fail_stale_trials(study: optuna.Study) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
 
 
 def _pending_retries(study: optuna.Study) -> int:

@@ -14,7 +14,8 @@ import warnings
 from pathlib import Path
 
 import optuna
-from sqlalchemy.engine import make_url
+from sqlalchemy import event
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError
 
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -116,6 +117,32 @@ def _enable_wal(path: Path) -> None:
         con.close()
 
 
+def sqlite_engine_options() -> dict:
+    """engine_kwargs for a SQLite file shared by several processes: wait up to
+    120 s for a lock, and let `serialize_sqlite_writes` issue the BEGINs."""
+    # isolation_level=None: the driver issues no BEGIN of its own (its default
+    # begins only before the first INSERT/UPDATE, so a SELECT-then-UPDATE, e.g.
+    # Optuna taking a WAITING trial, is not atomic: two workers took the same
+    # enqueued trial and the second failed with "Cannot tell a COMPLETE trial").
+    return {"connect_args": {"timeout": 120, "isolation_level": None}}
+
+
+def serialize_sqlite_writes(engine: Engine) -> None:
+    """Every transaction on `engine` starts with BEGIN IMMEDIATE: it takes the
+    database's write lock at once (waiting up to the busy timeout), so a read
+    followed by a write in one transaction is atomic across processes. WAL keeps
+    plain reads from other connections going meanwhile. Transactions are short
+    (one trial update each), so the serialisation costs little."""
+    if getattr(engine, "_nas_immediate", False):
+        return
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn) -> None:  # noqa: ANN001
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine._nas_immediate = True  # type: ignore[attr-defined]
+
+
 def open_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.RDBStorage:
     """Optuna's RDB storage on `url`, with heartbeats so a killed worker's trial is
     detected (after GRACE_PERIOD s) and retried with the same parameters."""
@@ -125,7 +152,7 @@ def open_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.RDBStor
     if path is not None:
         _enable_wal(path)
         # Wait for a lock rather than fail at once; with WAL, writers are short.
-        engine_kwargs = {"connect_args": {"timeout": 120}}
+        engine_kwargs = sqlite_engine_options()
     else:
         engine_kwargs = {"pool_pre_ping": True}
     try:
@@ -139,7 +166,11 @@ def open_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.RDBStor
                     grace_period=GRACE_PERIOD,
                     heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
                 )
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        if path is not None:
+            serialize_sqlite_writes(storage.engine)
+            storage.engine.dispose()  # connections made before the hook: drop them
+        return storage
     except Exception as e:  # sqlalchemy / driver errors carry the URL: never echo it raw
         raise StorageError(f"cannot open storage {redact(url)}: {type(e).__name__}: {_driver_message(e, url)}") from None
 

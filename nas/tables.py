@@ -28,7 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-from nas.storage import sqlite_path
+from nas.storage import serialize_sqlite_writes, sqlite_engine_options, sqlite_path
 
 metadata = MetaData()
 
@@ -68,11 +68,14 @@ class MeasureKey:
 
 def make_engine(url: str) -> Engine:
     kwargs: dict[str, Any] = {}
-    if sqlite_path(url) is not None:
-        kwargs["connect_args"] = {"timeout": 120}
+    sqlite = sqlite_path(url) is not None
+    if sqlite:
+        kwargs.update(sqlite_engine_options())
     else:
         kwargs["pool_pre_ping"] = True
     engine = create_engine(url, **kwargs)
+    if sqlite:
+        serialize_sqlite_writes(engine)
     metadata.create_all(engine, checkfirst=True)
     return engine
 

@@ -194,3 +194,17 @@ def test_random_block_table():
             assert table.max() <= 12
     other = make("bigbird", knobs, False, seed=8).random_block_table(64)
     assert not torch.equal(other, make("bigbird", knobs, False, seed=7).random_block_table(64))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("kind,knobs", [(c[0], c[1]) for c in CASES[1::3]])
+def test_cuda_matches_cpu(kind, knobs):
+    for causal in (True, False):
+        module = make(kind, knobs, causal)
+        q, k, v, kpm = inputs(37, padded=True, seed=2)
+        want = module.attend(q, k, v, kpm)
+        got = module.cuda().attend(q.cuda(), k.cuda(), v.cuda(), kpm.cuda()).cpu()
+        real = kpm[:, None, :, None].expand_as(want)
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got[real], want[real], atol=1e-4, rtol=1e-4)

@@ -5,6 +5,8 @@ state restored after the call), and the CUDA paths where a GPU is present."""
 from __future__ import annotations
 
 import json
+import sys
+import time
 
 import pytest
 import torch
@@ -81,10 +83,56 @@ def test_latency_time_ceiling_bounds_a_slow_model() -> None:
     from evaluators.hardware import MIN_SAMPLES
 
     model = full_model(16, 1)
-    r = measure_latency(model, batch_size=2, seq_len=16, vocab_size=64, device="cpu",
+    # A floor of 10 000 passes must be allowed by the ceiling of passes (max_repeats):
+    # max_repeats < repeats is refused (see test_bad_arguments), not silently lowered.
+    t0 = time.perf_counter()
+    r = measure_latency(model, batch_size=2, seq_len=16, vocab_size=64, device="cpu", clock="wall",
                         warmup=0, repeats=10_000, max_repeats=10_000, min_time_s=0.0, max_time_s=0.02, threads=1)
+    elapsed_ms = (time.perf_counter() - t0) * 1e3
     assert MIN_SAMPLES <= len(r.samples) < 10_000
     assert sum(r.samples) < 20.0 + max(r.samples) + 1e-6  # stopped at the first pass past the ceiling
+    assert elapsed_ms < 20.0 + 50 * max(r.samples) + 500  # the whole call, not only the passes
+
+
+def test_latency_ceiling_is_wall_clock_and_covers_warmup() -> None:
+    from evaluators.hardware import MIN_SAMPLES
+
+    model = full_model(16, 1)
+    # Many warm-up passes asked for: cut short at a quarter of max_time_s; then
+    # only the MIN_SAMPLES floor is taken once the whole call passed max_time_s.
+    t0 = time.perf_counter()
+    r = measure_latency(model, batch_size=2, seq_len=16, vocab_size=64, device="cpu", threads=1,
+                        warmup=100_000, repeats=10_000, max_repeats=10_000, min_time_s=0.0, max_time_s=0.04)
+    elapsed = time.perf_counter() - t0
+    assert MIN_SAMPLES <= len(r.samples) < 10_000
+    assert elapsed < 1.0, elapsed
+
+
+def test_latency_clock_thread_cpu_with_one_thread_wall_otherwise() -> None:
+    model = full_model(16, 1)
+    kw = dict(batch_size=4, seq_len=32, vocab_size=64, device="cpu", warmup=1, repeats=5, min_time_s=0.0)
+    one = measure_latency(model, threads=1, **kw)
+    assert one.clock == "thread-cpu" and one.wall_median_ms is not None
+    # CPU time of the one thread doing the work can only be less than its wall-clock time.
+    assert 0 < one.median_ms <= one.wall_median_ms * 1.05 + 0.05
+    two = measure_latency(model, threads=2, **kw)
+    assert two.clock == "wall" and two.median_ms == pytest.approx(two.wall_median_ms)
+    forced = measure_latency(model, threads=1, clock="wall", **kw)
+    assert forced.clock == "wall"
+    with pytest.raises(ValueError, match="thread-cpu.*threads=1"):
+        measure_latency(model, threads=2, clock="thread-cpu", **kw)
+    with pytest.raises(ValueError, match="clock"):
+        measure_latency(model, threads=1, clock="sundial", **kw)
+
+
+def test_latency_result_from_an_older_cache_entry() -> None:
+    # Entries cached before `clock` existed were wall-clock measurements.
+    model = full_model(16, 1)
+    d = measure_latency(model, batch_size=2, seq_len=16, vocab_size=64, device="cpu",
+                        warmup=1, repeats=5, min_time_s=0.0).to_dict()
+    del d["clock"], d["wall_median_ms"]
+    old = LatencyResult.from_dict(d)
+    assert old.clock == "wall" and old.wall_median_ms is None
 
 
 def test_latency_restores_threads_and_mode() -> None:
@@ -122,6 +170,12 @@ def test_bad_arguments() -> None:
         measure_latency(model, batch_size=2, seq_len=16, vocab_size=64, device="cpu", dtype=torch.int8)
     with pytest.raises(ValueError, match="batch_size"):
         measure_latency(model, batch_size=0, seq_len=16, vocab_size=64, device="cpu")
+    with pytest.raises(ValueError, match="max_repeats >= repeats"):
+        measure_latency(model, batch_size=2, seq_len=16, vocab_size=64, device="cpu", repeats=600, max_repeats=500)
+    with pytest.raises(ValueError, match="threads"):
+        measure_latency(model, batch_size=2, seq_len=16, vocab_size=64, device="cpu", threads=0)
+    with pytest.raises(ValueError, match="threads"):
+        measure_memory(model, batch_size=2, seq_len=16, vocab_size=64, device="cpu", threads=0)
 
 
 # ---- memory (CPU) -----------------------------------------------------------------
@@ -166,12 +220,28 @@ def test_memory_grows_with_sequence_length_full_attention() -> None:
     assert MemoryResult.from_dict(json.loads(json.dumps(results[0].to_dict()))) == results[0]
 
 
-def test_memory_restores_mode_and_grads() -> None:
+def test_memory_restores_mode_grads_and_threads() -> None:
     model = full_model(16, 1)
     model.eval()
-    measure_memory(model, batch_size=2, seq_len=16, vocab_size=64, device="cpu")
+    before = torch.get_num_threads()
+    other = 1 if before != 1 else 2
+    a = measure_memory(model, batch_size=2, seq_len=16, vocab_size=64, device="cpu", threads=other)
+    assert torch.get_num_threads() == before
     assert not model.training
     assert all(p.grad is None for p in model.parameters())
+    b = measure_memory(model, batch_size=2, seq_len=16, vocab_size=64, device="cpu")
+    assert (a.inference_bytes, a.train_step_bytes) == (b.inference_bytes, b.train_step_bytes)  # repeatable
+
+
+def test_cpu_memory_profiler_needs_no_one_time_import() -> None:
+    # torch.profiler.profile imports torch._inductor on its first start (1.5-5 s once
+    # per process); the profiler used here must not.
+    if "torch._inductor" in sys.modules:
+        pytest.skip("torch._inductor was already imported in this process by an earlier test")
+    t0 = time.perf_counter()
+    cpu_peak_allocated_bytes(lambda: torch.empty(MB, dtype=torch.uint8))
+    assert "torch._inductor" not in sys.modules
+    assert time.perf_counter() - t0 < 0.5
 
 
 def test_flops_is_an_estimate_that_scales() -> None:
@@ -187,6 +257,7 @@ def test_cuda_latency_events_and_device_name() -> None:
     r = measure_latency(model, batch_size=8, seq_len=64, vocab_size=64, device="cuda",
                         warmup=3, repeats=10, min_time_s=0.0)
     assert r.median_ms > 0 and len(r.samples) >= 10
+    assert r.clock == "cuda-events" and r.wall_median_ms > 0
     assert r.device == torch.cuda.get_device_name(0)
     assert next(model.parameters()).is_cuda
 

@@ -35,9 +35,12 @@ ffn_mult = [2]
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
-def env(**extra: str) -> dict[str, str]:
-    e = dict(os.environ, NAS_HEARTBEAT_INTERVAL="1", NAS_GRACE_PERIOD="2", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    e.update(extra)
+def env(fast_heartbeat: bool = False) -> dict[str, str]:
+    e = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    for k in ("NAS_HEARTBEAT_INTERVAL", "NAS_GRACE_PERIOD", "NAS_STORAGE"):
+        e.pop(k, None)
+    if fast_heartbeat:  # a killed worker's trial is noticed after 4 s instead of 20
+        e.update(NAS_HEARTBEAT_INTERVAL="1", NAS_GRACE_PERIOD="4")
     return e
 
 
@@ -107,3 +110,76 @@ def test_sqlite_four_workers_sixty_trials(tmp_path):
     assert len(workers) == 4, workers
     assert integrity(db) == "ok"
     print(f"\n60 trials, 4 workers: {elapsed:.1f} s, trials per worker {sorted(sum(t.user_attrs['worker'] == w for t in study.trials) for w in workers)}")
+
+
+def snapshot(url: str, study: str) -> dict[int, tuple]:
+    return {t.number: (t.state, t.value, t.params, t.intermediate_values, t.user_attrs.get("arch"))
+            for t in load(url, study).trials if t.state.is_finished() and t.state != optuna.trial.TrialState.FAIL}
+
+
+def running(url: str, study: str) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in load(url, study).get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+            if "worker" in t.user_attrs]
+
+
+@pytest.mark.slow
+def test_sigkill_one_worker_then_the_whole_group_then_resume(tmp_path):
+    """Kill one worker of `nas search --workers 2` mid-trial (the other goes on),
+    then SIGKILL the whole process group (parent and workers) mid-trial, then run
+    the same command again: finished trials keep their values, every interrupted
+    trial ends FAIL with a finished retry of the same parameters, nothing is left
+    RUNNING or WAITING, and the SQLite file passes its integrity check."""
+    db = tmp_path / "k.db"
+    url = f"sqlite:///{db}"
+    cmd = search_cmd(url, "k", 8, "2,100", "--workers", "2")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env(fast_heartbeat=True), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    victim = None
+    group_killed = False
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            try:
+                finished = len(snapshot(url, "k"))
+                live = running(url, "k")
+            except Exception:
+                continue
+            if victim is None and finished >= 2 and live:
+                t = live[0]
+                os.kill(int(t.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
+                victim = t.number
+            elif victim is not None and finished >= 4 and any(t.number != victim for t in live):
+                os.killpg(proc.pid, signal.SIGKILL)
+                group_killed = True
+                break
+    finally:
+        if proc.poll() is None and not group_killed:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert victim is not None and group_killed, f"never caught trials mid-run: {proc.stderr.read()[-2000:]}"
+    time.sleep(0.5)
+    before = snapshot(url, "k")
+    interrupted = [t.number for t in load(url, "k").trials if t.state == optuna.trial.TrialState.RUNNING]
+    assert interrupted, "the group kill left no RUNNING trial"
+
+    time.sleep(5)  # past the 4 s grace period: every dead worker's heartbeat is stale
+    done = subprocess.run(cmd, cwd=tmp_path, env=env(fast_heartbeat=True), capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    after = snapshot(url, "k")
+    for number, record in before.items():
+        assert after[number] == record, f"finished trial {number} changed on resume"
+    study = load(url, "k")
+    assert_numbers_dense(study)
+    by_number = {t.number: t for t in study.trials}
+    for number in {victim, *interrupted}:
+        t = by_number[number]
+        assert t.state == optuna.trial.TrialState.FAIL, (number, t.state)
+        root = t.system_attrs.get("failed_trial", number)
+        retries = [r for r in study.trials if r.system_attrs.get("failed_trial") == root and r.state in FINISHED]
+        assert retries and all(r.params == t.params for r in retries), number
+    states = [t.state for t in study.trials]
+    assert optuna.trial.TrialState.RUNNING not in states and optuna.trial.TrialState.WAITING not in states
+    assert sum(s in FINISHED for s in states) >= 8
+    assert integrity(db) == "ok"

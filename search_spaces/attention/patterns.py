@@ -36,7 +36,7 @@ query chunk:
 
 local, block, longformer and bigbird concatenate their sets along the keys and run
 one `scaled_dot_product_attention` per call with the chunks as the batch: one
-joint softmax over the union, in the fused kernel (on a 2-core CPU about 2x faster
+joint softmax over the union, in the fused kernel (on a 2-core CPU about 1.5x faster
 per (query, key) pair than separate matmul/softmax ops). A set's boolean mask hides
 the pairs an earlier set already holds (and repeated random blocks), so no key is
 counted twice. strided cannot share a key list across a chunk (each residue has its
