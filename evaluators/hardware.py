@@ -552,13 +552,18 @@ def measure_memory(
     dtype: torch.dtype = torch.float32,
     padding: bool = False,
     threads: int | None = None,
+    warmup: bool = True,
 ) -> MemoryResult:
     """Measure the peak memory of one inference pass and of one training step.
 
     See the module docstring for what is counted on each device. The model is
     moved to `device` in place if needed; its mode and any existing parameter
-    gradients are restored afterwards. One untimed, unmeasured warm-up forward
-    runs first so lazy one-off allocations are not counted. On the CPU the
+    gradients are restored afterwards. One unmeasured warm-up forward runs
+    first so lazy one-off allocations are not counted; ``warmup=False`` skips it
+    (a fifth of the cost) when the model has just run at these shapes, e.g.
+    right after `measure_latency` (for the 20 sampled default-space
+    architectures of benchmarks/latency.py the first pass's figure equalled the
+    later ones'). On the CPU the
     passes run with `threads` intra-op threads (default: `default_threads()`,
     restored afterwards): the same setting as `measure_latency`, so a loaded
     machine slows the measurement least. (The bytes counted were the same, to
@@ -603,7 +608,8 @@ def measure_memory(
     try:
         with threads_ctx:
             with _oom_as_trial_failure("memory measurement", device, batch_size, seq_len), _eval_mode(model):
-                infer()  # warm-up, unmeasured
+                if warmup:
+                    infer()  # unmeasured
                 inference_bytes = peak(infer)
             with _oom_as_trial_failure("memory measurement", device, batch_size, seq_len), \
                     _eval_mode(model, training=True):

@@ -231,6 +231,8 @@ def test_memory_restores_mode_grads_and_threads() -> None:
     assert all(p.grad is None for p in model.parameters())
     b = measure_memory(model, batch_size=2, seq_len=16, vocab_size=64, device="cpu")
     assert (a.inference_bytes, a.train_step_bytes) == (b.inference_bytes, b.train_step_bytes)  # repeatable
+    c = measure_memory(model, batch_size=2, seq_len=16, vocab_size=64, device="cpu", warmup=False)
+    assert (c.inference_bytes, c.train_step_bytes) == (b.inference_bytes, b.train_step_bytes)
 
 
 def test_cpu_memory_profiler_needs_no_one_time_import() -> None:
