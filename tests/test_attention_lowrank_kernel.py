@@ -87,6 +87,15 @@ def test_linear_matches_formula(causal, n, chunk):
         assert torch.allclose(out, ref, atol=1e-5, rtol=1e-4), (out - ref).abs().max()
 
 
+def test_exclusive_prefix_sum_and_its_gradient():
+    from search_spaces.attention.kernel import exclusive_prefix_sum
+
+    x = torch.randn(2, 3, 6, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.allclose(exclusive_prefix_sum(x, 2), x.cumsum(2) - x)
+    assert torch.autograd.gradcheck(lambda t: exclusive_prefix_sum(t, 2), (x,))
+    assert torch.autograd.gradcheck(lambda t: exclusive_prefix_sum(t, -1), (x,))
+
+
 def test_linear_causal_chunk_size_does_not_matter():
     q, k, v = qkv(50)
     outs = []

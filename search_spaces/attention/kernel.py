@@ -67,50 +67,42 @@ def bidirectional_kernel_attention(fq: Tensor, fk: Tensor, v: Tensor) -> Tensor:
     return out.to(v.dtype)
 
 
-def _exclusive_running_sum(x: Tensor, dim: int, reverse: bool = False) -> Tensor:
-    """y_t = sum_{s < t} x_s (reverse: sum_{s > t} x_s) along `dim`, one in-place
-    addition per position into a fresh buffer: T small ops that touch each
-    number once, no autograd."""
-    length = x.shape[dim]
-    y = torch.empty_like(x, memory_format=torch.contiguous_format)
-    order = range(length - 1, -1, -1) if reverse else range(length)
-    prev = None
-    for t in order:
-        if prev is None:
-            y.select(dim, t).zero_()
-        else:
-            torch.add(y.select(dim, prev), x.select(dim, prev), out=y.select(dim, t))
-        prev = t
-    return y
-
-
-class _ExclusivePrefixSum(torch.autograd.Function):
-    """Exclusive prefix sum whose backward is the reverse exclusive prefix sum."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, dim: int) -> Tensor:  # type: ignore[override]
-        ctx.dim = dim
-        return _exclusive_running_sum(x, dim)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        return _exclusive_running_sum(grad, ctx.dim, reverse=True), None
-
-
 def exclusive_prefix_sum(x: Tensor, dim: int) -> Tensor:
-    """y_t = sum_{s < t} x_s along `dim` (differentiable).
+    """y_t = sum_{s < t} x_s along `dim` (differentiable), as a two-level blocked
+    scan of a handful of whole-tensor ops, whatever the length T.
 
-    A running sum, one in-place addition per position (the positions here are
-    chunks, n / C of them). Measured on the 2-core CPU for the (n / C, r, d)
-    chunk states at n = 8192 (128 x 64 x 64 per head): ~3 ms, against ~60-70 ms
-    for a log2-step Hillis-Steele scan built from `torch.cat` (each of its steps
-    rewrites the whole tensor) and ~55-95 ms for `torch.cumsum` over this middle
-    dimension. Half-precision inputs should be passed as float32 (the sums grow
-    long)."""
+    The T positions (here: chunks, n / C of them) are split into G groups of
+    P ~ sqrt(T): the exclusive prefix inside each group is a matmul with a
+    strictly lower-triangular P x P matrix of ones, the exclusive prefix of the
+    group totals one with a G x G one, and the two are added. Extra work
+    O(T (P + G)) per element of the other dims, a few percent of the
+    matmuls around it. Measured on the 2-core CPU (n = 8192 chunk states):
+    `torch.cumsum` over this middle dimension and a log2(T)-step Hillis-Steele
+    scan built from `torch.cat` are both tens of ms; a Python loop of T in-place
+    additions is ~3 ms on an idle machine but, with states of more than ~32k
+    numbers per step (performer: r = 256), every addition is split over the
+    OpenMP threads and waits for all of them, ~4 ms each once other processes
+    share the cores (0.5 s a call). Half-precision inputs should be passed as
+    float32 (the sums grow long)."""
     dim = dim % x.dim()
-    if x.shape[dim] == 0:
-        return x.clone()
-    return _ExclusivePrefixSum.apply(x, dim)
+    shape = x.shape
+    length = shape[dim]
+    pre = math.prod(shape[:dim])
+    post = math.prod(shape[dim + 1:])
+    if length <= 1 or x.numel() == 0:
+        return torch.zeros_like(x)
+    p = 1 << math.ceil(math.log2(math.sqrt(length)))  # group size, a power of two
+    g = -(-length // p)
+    x3 = x.reshape(pre, length, post)
+    if g * p != length:
+        x3 = F.pad(x3, (0, 0, 0, g * p - length))
+    xg = x3.view(pre, g, p, post)
+    ones = dict(dtype=x.dtype, device=x.device)
+    inner = torch.ones(p, p, **ones).tril_(-1) @ xg  # (pre, g, p, post): within each group
+    totals = xg.sum(dim=2)  # (pre, g, post)
+    outer = torch.ones(g, g, **ones).tril_(-1) @ totals  # (pre, g, post): earlier groups
+    y = (inner + outer.unsqueeze(2)).view(pre, g * p, post)[:, :length]
+    return y.reshape(shape)
 
 
 def causal_kernel_attention(fq: Tensor, fk: Tensor, v: Tensor, chunk: int = DEFAULT_CHUNK) -> Tensor:
@@ -136,21 +128,24 @@ def causal_kernel_attention(fq: Tensor, fk: Tensor, v: Tensor, chunk: int = DEFA
     v = v.reshape(b, h, nc, c, d)
 
     # Within each chunk: the exact quadratic form restricted to j <= i.
-    a = (fq @ fk.transpose(-1, -2)).tril()  # (b, h, nc, c, c)
+    # (In place: the matmul saved its inputs, not its output, so autograd allows it.)
+    a = (fq @ fk.transpose(-1, -2)).tril_()  # (b, h, nc, c, c)
     num = a @ v
 
     # Across chunks: the state before chunk t is S_t = sum over chunks < t of
     # fk^T v. All per-chunk terms come from one batched matmul and their prefix
-    # sums from `exclusive_prefix_sum` (n / C cheap in-place additions, no
-    # matmul inside the loop). Measured on the 2-core CPU: a Python loop over
-    # chunks with two small matmuls each is as fast on an idle machine but several
-    # times slower when other processes share the cores (every small matmul waits
-    # for all OpenMP threads). The (n / C, r, d) states are the price:
-    # memory O(n r d / C), linear in n.
+    # sums from `exclusive_prefix_sum` (a blocked scan: a few whole-tensor ops).
+    # Measured on the 2-core CPU: a Python loop over chunks with two small
+    # matmuls each is as fast on an idle machine but several times slower when
+    # other processes share the cores (every small op waits for all OpenMP
+    # threads). The (n / C, r, d) states are the price: memory O(n r d / C),
+    # linear in n.
     kv = fk.transpose(-1, -2) @ v  # (b, h, nc, r, d)
     with _no_autocast(fq.device):
         state = exclusive_prefix_sum(kv.float() if kv.dtype not in (torch.float32, torch.float64) else kv, dim=2)
-    num = num + fq @ state.to(fq.dtype)
+    # num += fq @ state, one fused batched matmul-add in place (a @ v saved its
+    # inputs, not num).
+    num.view(-1, c, d).baddbmm_(fq.reshape(-1, c, r), state.to(fq.dtype).reshape(-1, r, d))
 
     with _no_autocast(fq.device):
         # The normaliser state, in float32: (n / C, r) numbers, cheap to keep whole.
@@ -170,9 +165,11 @@ def _zero_padding_keys(fk: Tensor, key_padding_mask: Tensor | None) -> Tensor:
 
 
 def elu_plus_one(x: Tensor) -> Tensor:
-    """elu(x) + 1 = exp(min(x, 0)) + max(x, 0): the same function, measured ~1.6x
-    faster on CPU than F.elu(x) + 1 (the feature map is ~20% of a causal call)."""
-    return torch.exp(x.clamp_max(0)) + x.clamp_min(0)
+    """elu(x) + 1 = max(x, 0) + exp(min(x, 0)): the same function, measured ~2x
+    faster on CPU than F.elu(x) + 1 (the feature map is ~20% of a causal call).
+    The exp and the sum run in place on fresh tensors (clamp saves its input, not
+    its output; the exp's result, which its backward needs, is not modified)."""
+    return x.clamp_min(0).add_(x.clamp_max(0).exp_())
 
 
 class LinearAttention(Attention):
@@ -242,9 +239,13 @@ class PerformerAttention(Attention):
             # exponent of ~10 would already be a 4% error on the feature.
             x = x.float() * self.head_dim ** -0.25
             logits = x @ self.features.float().T  # (b, h, n, m)
-            row_max = logits.amax(dim=-1).detach()  # (b, h, n)
+            # The two passes over the (b, h, n, m) logits, subtraction and exp, run
+            # in place (the matmul saved its inputs, not its output; exp_ saves its
+            # result): no (b, h, n, m) temporaries besides the logits themselves.
+            with torch.no_grad():
+                row_max = logits.amax(dim=-1)  # (b, h, n)
             if is_query:
-                return torch.exp(logits - (row_max + log_norm).unsqueeze(-1))
+                return logits.sub_((row_max + log_norm).unsqueeze(-1)).exp_()
             half_sq = 0.5 * (x * x).sum(dim=-1)  # (b, h, n): part of each key's feature, kept
             best = row_max - half_sq.detach()
             if key_padding_mask is not None:
@@ -260,7 +261,7 @@ class PerformerAttention(Attention):
             if key_padding_mask is not None:
                 # Keep padding exponents <= 0 (no inf * 0 = nan), then zero them.
                 offset = torch.where(key_padding_mask[:, None, :], offset, row_max + log_norm)
-            phi = torch.exp(logits - offset.unsqueeze(-1))
+            phi = logits.sub_(offset.unsqueeze(-1)).exp_()
         return _zero_padding_keys(phi, key_padding_mask)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None) -> Tensor:
