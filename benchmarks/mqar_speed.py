@@ -2,21 +2,21 @@
 accuracy on the default `mqar` task with the `Trainer` (defaults: lr, schedule).
 
     python benchmarks/mqar_speed.py [--target 0.95] [--max-steps 3000] [--every 100]
-                                    [--threads 1] [--torch-init] [--lr 3e-3]
+                                    [--threads 1] [--lr 3e-3]
 
 Prints the accuracy at each check and the wall-clock seconds (training plus
 evaluation) to reach the target.
 
 What it showed (2-core CPU shared with other jobs, load 8-11, --threads 1,
---max-steps 800, --every 50):
-- build_model's GPT-2 init (std 0.02): stuck at ~0.14 accuracy through step 400
-  (and ~0.15 at step 2,500 in an earlier run): the "bag of values" plateau
-  (1/num_kv_pairs plus a little: it knows which values are present, not which
-  key each belongs to).
-- --torch-init (PyTorch's default init, same Trainer defaults): 0.16 at step 450,
-  0.66 at 500, 0.995 at step 550 (199 s under that load).
-The learning rate, warm-up and task options do not move the GPT-2-init plateau
-in a few hundred steps; the initialisation does.
+--every 50): with PyTorch's default init (build_model's since 3e90a19) and the
+Trainer defaults, max_steps 800: 0.14-0.16 accuracy (the "bag of values"
+plateau: 1/num_kv_pairs plus a little; it knows which values are present, not
+which key each belongs to) until step 450, 0.66 at 500, 0.995 at step 550, 199 s
+under that load (about 0.3 s a step; the same steps unloaded take about a tenth).
+With the old GPT-2 init (std 0.02) the same model was still at 0.15 at step 2,500.
+With --max-steps 400 (nas search's default; the cosine then ends at step 400) it
+does NOT get there: 0.142, 0.133, 0.141 at step 400 for seeds 0, 1, 2 (all on the
+plateau). --lr 1e-2 with --max-steps 400: 0.127 at step 400.
 """
 
 from __future__ import annotations
@@ -48,9 +48,6 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    ap.add_argument("--torch-init", action="store_true",
-                    help="re-initialise every layer with PyTorch's defaults instead of build_model's "
-                         "GPT-2 init (std 0.02), which leaves MQAR on a long plateau at this width")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -62,16 +59,11 @@ def main() -> int:
                     n_classes=s.n_classes, layers=tuple(LayerSpec("full", heads=2, ffn=4 * d) for _ in range(2)))
     torch.manual_seed(args.seed)
     model = build_model(spec)
-    if args.torch_init:
-        for module in model.modules():
-            if module is not model and hasattr(module, "reset_parameters"):
-                module.reset_parameters()
     kw = {} if args.lr is None else {"lr": args.lr}
     trainer = Trainer(model, task, max_steps=args.max_steps, seed=args.seed, **kw)
     print(f"task: {task.description}")
     print(f"model: 2 x full attention, d_model {d}, {sum(p.numel() for p in model.parameters()):,} parameters; "
-          f"lr {trainer.lr}, warm-up {trainer.warmup_steps}, max_steps {args.max_steps}, threads {torch.get_num_threads()}, "
-          f"init {'PyTorch defaults' if args.torch_init else 'build_model (GPT-2, std 0.02)'}")
+          f"lr {trainer.lr}, warm-up {trainer.warmup_steps}, max_steps {args.max_steps}, threads {torch.get_num_threads()}")
     t0 = time.perf_counter()
 
     def report(step: int, result) -> None:
