@@ -106,9 +106,9 @@ def _describe_diff(stored: dict[str, Any], wanted: dict[str, Any]) -> str:
 class Search:
     """Everything one worker needs to run trials of one study."""
 
-    def __init__(self, cfg: SearchConfig, *, log: TextIO = sys.stdout, create: bool = True) -> None:
+    def __init__(self, cfg: SearchConfig, *, log: TextIO | None = None, create: bool = True) -> None:
         self.cfg = cfg
-        self.log = log
+        self.log = sys.stdout if log is None else log  # looked up now, so a redirected stdout is honoured
         check_study_name(cfg.study)
         if cfg.trials is not None and cfg.trials <= 0:
             raise SearchError(f"--trials must be a positive number of finished trials, got {cfg.trials}")
@@ -271,7 +271,12 @@ class Search:
             # Which process ran the trial: on a shared study, that is how a killed
             # worker's trial is traced (and how tests find the process to kill).
             trial.set_user_attr("worker", worker)
-            return inner(trial)
+            try:
+                return inner(trial)
+            except TrialFailure as e:
+                # `failure` holds the short tag (diverged, out_of_memory); this, the whole message.
+                trial.set_user_attr("failure_message", str(e).strip().splitlines()[0] if str(e).strip() else e.reason)
+                raise
 
         target = self.cfg.trials
         # A trial whose worker died (SIGKILL, power loss) stays RUNNING until some
@@ -291,7 +296,9 @@ class Search:
             if not more_to_do(study):
                 study.stop()
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        # A caught failure is on the trial (user attrs `failure`, `failure_message`) and on
+        # our progress line; Optuna's own warning would add a whole traceback per trial.
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
         while more_to_do(study):
             remaining = max(target - finished_count(study), 0) + _pending_retries(study)
             study.optimize(objective, n_trials=remaining, catch=(TrialFailure, SpecError),
@@ -343,19 +350,20 @@ class _Progress:
         best = best_feasible(study)
         attrs = trial.user_attrs
         state = trial.state.name
-        what = attrs.get("stopped") or attrs.get("failure") or ""
+        what = attrs.get("stopped") or attrs.get("failure_message") or attrs.get("failure") or ""
         value = "" if trial.value is None else f"fitness {trial.value:.4f}"
         lat = f"{attrs['latency_ms']:.3f} ms" if "latency_ms" in attrs else ""
         best_s = "none feasible yet" if best is None else f"best {best.value:.4f} @ {best.user_attrs.get('latency_ms', math.nan):.3f} ms (trial {best.number})"
         print(f"[{self.done:>3}/{self.target}] trial {trial.number:>3} {state:<8} {value:<15} {lat:<11} "
-              f"{attrs.get('attention_mix', ''):<28} {what[:60]:<0} | {best_s}", file=self.out, flush=True)
+              f"{attrs.get('attention_mix', ''):<28} {what[:100]:<0} | {best_s}", file=self.out, flush=True)
 
     def close(self) -> None:
         pass
 
 
-def search_main(cfg: SearchConfig, *, log: TextIO = sys.stdout, quiet: bool = False) -> optuna.Study:
+def search_main(cfg: SearchConfig, *, log: TextIO | None = None, quiet: bool = False) -> optuna.Study:
     """Create or resume, run, and print the summary table."""
+    log = sys.stdout if log is None else log
     s = Search(cfg, log=log)
     study = s.run(progress=not quiet)
     print("", file=log)

@@ -70,6 +70,22 @@ def sqlite_path(url: str) -> Path | None:
     return Path(u.database)
 
 
+def driver_url(url: str) -> str:
+    """The URL SQLAlchemy is given: a bare `postgresql://` gets the driver that is
+    installed (SQLAlchemy 2.1 defaults to psycopg 3; `nas[postgres]` installs
+    psycopg2). Everything shown or stored keeps the user's own URL, redacted."""
+    try:
+        u = make_url(url)
+    except (ArgumentError, ValueError):
+        return url
+    if u.drivername in ("postgresql", "postgres"):
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+            return u.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+    return url
+
+
 def check_storage(url: str, *, must_exist: bool = False) -> None:
     """Refuse, with one clear line, a storage that cannot work: a sqlite file in a
     folder that does not exist or is read-only, or a file that is not a sound
@@ -166,7 +182,7 @@ def open_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.RDBStor
                     grace_period=GRACE_PERIOD,
                     heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
                 )
-            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+            storage = optuna.storages.RDBStorage(driver_url(url), engine_kwargs=engine_kwargs, **kwargs)
         if path is not None:
             serialize_sqlite_writes(storage.engine)
             storage.engine.dispose()  # connections made before the hook: drop them

@@ -1,0 +1,229 @@
+"""Bad input through the command line: each is ONE line on stderr starting with
+`nas: error:`, a non-zero exit, and no change to anything stored (the database
+file's bytes, its trials). Also: a study remembers task, space, budget, device;
+and a training setting that makes the loss NaN fails the trial, not the search."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import shutil
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import optuna
+import pytest
+
+from nas.cli import main
+from nas.search import Search, SearchConfig
+from nas.storage import default_url
+
+TINY = dict(vocab_size=16, seq_len=16, num_kv_pairs=2, n_valid=64, batch_size=16)
+TASK_ARGS = ["--task", "mqar"] + [x for k, v in TINY.items() for x in ("--task-option", f"{k}={v}")]
+TWO_ARCH_SPACE = """
+name = "two"
+[model]
+d_model = [16]
+depth = [1]
+[layer]
+attention = ["full", "linear"]
+heads = [1]
+ffn_mult = [2]
+"""
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory) -> Path:
+    """A real study `t` (space tiny, 2 finished trials), checkpointed into one file."""
+    root = tmp_path_factory.mktemp("made")
+    cfg = SearchConfig(study="t", storage=default_url("t", root), space="tiny", task="mqar", task_options=TINY,
+                       latency_ms=1000.0, trials=2, stages=(1,), population=3, tournament=2, hurdle_trials=2,
+                       command="nas search --study t ...")
+    Search(cfg, log=io.StringIO()).run(progress=False)
+    con = sqlite3.connect(root / "t.db")
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+    return root / "t.db"
+
+
+@pytest.fixture
+def db(made, tmp_path) -> Path:
+    path = tmp_path / "t.db"
+    shutil.copy(made, path)
+    return path
+
+
+def stored(path: Path) -> tuple:
+    """What must not change: the file's bytes, the WAL's content, and the trials."""
+    wal = path.with_name(path.name + "-wal")
+    wal_bytes = wal.read_bytes() if wal.exists() else b""
+    trials = []
+    if path.exists() and path.read_bytes()[:16] == b"SQLite format 3\x00":
+        try:
+            con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            trials = con.execute("SELECT trial_id, number, state FROM trials ORDER BY trial_id").fetchall()
+            con.close()
+        except sqlite3.DatabaseError:
+            pass
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None, wal_bytes, trials
+
+
+def fails_cleanly(capsys, argv: list[str], *expect: str) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code != 0
+    assert len(lines) == 1 and lines[0].startswith("nas: error: "), err
+    for text in expect:
+        assert text in lines[0], lines[0]
+    return lines[0]
+
+
+def search_args(db: Path, *extra: str, study: str = "t") -> list[str]:
+    return ["search", "--study", study, "--storage", f"sqlite:///{db}", "--space", "tiny", *TASK_ARGS,
+            "--latency-ms", "1000", "--trials", "3", "--stages", "1", *extra]
+
+
+def with_option(argv: list[str], flag: str, value: str) -> list[str]:
+    out = list(argv)
+    out[out.index(flag) + 1] = value
+    return out
+
+
+@pytest.mark.parametrize("text, expect", [
+    ('name = "x"\n[model\nd_model = [16]\n', "not valid TOML"),
+    ('name = "x"\ncolour = 3\n[model]\nd_model = [16]\ndepth = [1]\n[layer]\nattention = ["full"]\nheads = [1]\nffn_mult = [2]\n', "unknown"),
+    ('name = "x"\n[model]\nd_model = [16]\ndepth = [1]\n[layer]\nattention = ["fancy"]\nheads = [1]\nffn_mult = [2]\n', "fancy"),
+], ids=["bad-toml", "unknown-key", "unknown-attention"])
+def test_bad_space_file(capsys, db, tmp_path, text, expect):
+    space = tmp_path / "s.toml"
+    space.write_text(text)
+    before = stored(db)
+    fails_cleanly(capsys, with_option(search_args(db, study="new"), "--space", str(space)), expect)
+    assert stored(db) == before
+
+
+def test_unknown_task(capsys, db):
+    before = stored(db)
+    fails_cleanly(capsys, with_option(search_args(db), "--task", "nosuch"), "unknown task", "mqar")
+    assert stored(db) == before
+
+
+def test_impossible_budget_measures_cheapest_first(capsys, db):
+    before = stored(db)
+    fails_cleanly(capsys, with_option(search_args(db, study="new"), "--latency-ms", "0.0001"), "cannot be met", "cheapest")
+    assert stored(db) == before
+    assert [s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{db}")] == ["t"]
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "abc"])
+def test_zero_or_negative_budget(capsys, db, value):
+    before = stored(db)
+    fails_cleanly(capsys, with_option(search_args(db, study="new"), "--latency-ms", value), "--latency-ms")
+    assert stored(db) == before
+
+
+@pytest.mark.parametrize("command", ["show", "export"])
+def test_unknown_study(capsys, db, tmp_path, command):
+    before = stored(db)
+    fails_cleanly(capsys, [command, "nosuch", "--storage", f"sqlite:///{db}"], "no study 'nosuch'", "studies there: t")
+    assert stored(db) == before
+    fails_cleanly(capsys, [command, "nosuch", "--storage", f"sqlite:///{tmp_path}/none.db"], "no study 'nosuch'")
+    assert not (tmp_path / "none.db").exists()
+
+
+def test_storage_folder_that_does_not_exist(capsys, tmp_path):
+    fails_cleanly(capsys, search_args(tmp_path / "nope" / "x.db", study="x"), "does not exist", "mkdir")
+    assert not (tmp_path / "nope").exists()
+
+
+def _make_read_only(folder: Path, monkeypatch) -> str:
+    """chattr +i (root ignores permission bits, not the immutable flag); where
+    chattr is not possible, fall back to os.access saying no for that folder."""
+    if shutil.which("chattr") and subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0:
+        return "chattr"
+    import os
+
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, *a, **k: False if (mode & os.W_OK and Path(p) in (folder, *folder.iterdir()))
+                        else real(p, mode, *a, **k))
+    return "os.access"
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new-study", "existing-study"])
+def test_read_only_storage_folder(capsys, made, tmp_path, monkeypatch, existing):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if existing:
+        shutil.copy(made, folder / "t.db")
+    before = stored(folder / "t.db"), sorted(p.name for p in folder.iterdir())  # (reading may add -wal/-shm)
+    how = _make_read_only(folder, monkeypatch)
+    try:
+        fails_cleanly(capsys, search_args(folder / "t.db"), "read-only")
+        assert (stored(folder / "t.db"), sorted(p.name for p in folder.iterdir())) == before, how
+    finally:
+        if how == "chattr":
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+def test_corrupt_database_garbage(capsys, tmp_path):
+    path = tmp_path / "t.db"
+    path.write_bytes(b"this is not a database\n" * 100)
+    before = stored(path)
+    fails_cleanly(capsys, search_args(path), "not an SQLite database")
+    fails_cleanly(capsys, ["show", "t", "--storage", f"sqlite:///{path}"], "not an SQLite database")
+    assert stored(path) == before
+
+
+def test_corrupt_database_truncated(capsys, db):
+    data = db.read_bytes()
+    db.write_bytes(data[: len(data) // 2])
+    before = stored(db)
+    fails_cleanly(capsys, search_args(db), "corrupt")
+    fails_cleanly(capsys, ["show", "t", "--storage", f"sqlite:///{db}"], "corrupt")
+    assert stored(db) == before
+
+
+@pytest.mark.parametrize("change, expect", [
+    (("--task-option", "num_kv_pairs=2", "num_kv_pairs=3"), "task: stored"),
+    (("--space", "tiny", "default"), "space: stored"),
+    (("--latency-ms", "1000", "999"), "budget: stored"),
+    (("--device", None, "cpu"), None),  # same device: accepted (checked below without running trials)
+], ids=["task", "space", "budget", "device-same"])
+def test_study_remembers_its_settings(capsys, db, change, expect):
+    flag, old, new = change
+    argv = search_args(db)
+    if old is None:
+        argv += [flag, new]
+    else:
+        argv[argv.index(old)] = new
+    if expect is None:
+        return  # nothing to refuse; resuming with the stored settings is covered by test_search
+    before = stored(db)
+    fails_cleanly(capsys, argv, "exists with different settings", expect)
+    assert stored(db) == before
+
+
+def test_other_device_is_refused(capsys, db):
+    """The stored device is `cpu:1threads`; measuring with 2 threads is another device."""
+    before = stored(db)
+    fails_cleanly(capsys, search_args(db, "--measure-threads", "2"), "device: stored")
+    assert stored(db) == before
+
+
+def test_nan_training_fails_the_trial_and_the_search_goes_on(capsys, tmp_path):
+    space = tmp_path / "two.toml"
+    space.write_text(TWO_ARCH_SPACE)
+    argv = ["search", "--study", "n", "--storage", f"sqlite:///{tmp_path}/n.db", "--space", str(space), *TASK_ARGS,
+            "--latency-ms", "1000", "--trials", "1", "--stages", "3", "--lr", "1e30", "--quiet"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "stopped after 10 failed trials" in out
+    study = optuna.load_study(study_name="n", storage=f"sqlite:///{tmp_path}/n.db")
+    assert study.user_attrs["nas:train_options"] == {"lr": 1e30}
+    assert len(study.trials) == 10  # it went on after the first failure, up to the failure limit
+    for t in study.trials:
+        assert t.state == optuna.trial.TrialState.FAIL
+        assert t.user_attrs["failure"] == "diverged"
+        assert "nan" in t.user_attrs["failure_message"] and "learning rate" in t.user_attrs["failure_message"]
