@@ -15,9 +15,19 @@ steps, and the two ratios the hurdles are judged by:
 All studies share one SQLite file, hence one measurement cache: an architecture
 has the same measured latency in every run, so the strategies face exactly the
 same feasible set. The budget is the measured latency of the space's vanilla
-transformer (the `nas search` default).
+transformer (the `nas search` default), or --latency-ms.
 
-    python benchmarks/search.py --seeds 0 1 2 --trials 30
+The searches start from scratch: `nas search` enqueues that vanilla transformer
+as its first trial, but here it would hand every method the same (on MQAR, the
+best) architecture at trial 0 and the comparison would say nothing; pass
+--warm-start to include it anyway.
+
+Seeds can run in parallel processes on one --db (SQLite takes concurrent
+writers; the measurement cache is then shared): give each process its
+--seeds and the same --latency-ms, then run once more with all seeds and the
+same arguments: finished studies are only read back, and the tables cover all.
+
+    python benchmarks/search.py --seeds 0 1 2 --trials 20 --steps 400
 """
 
 from __future__ import annotations
@@ -65,6 +75,16 @@ def steps_to_reach(traj: list[tuple[int, float | None]], target: float) -> int |
     return None
 
 
+def best_within(traj: list[tuple[int, float | None]], budget: int) -> float | None:
+    """Best feasible fitness reached by the time `budget` training steps were spent."""
+    best = None
+    for steps, b in traj:
+        if steps > budget:
+            break
+        best = b
+    return best
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -73,6 +93,7 @@ def main() -> None:
     ap.add_argument("--stages", default=None, help="hurdle stages, default steps/8, steps/3, steps")
     ap.add_argument("--latency-ms", type=float, default=None)
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
+    ap.add_argument("--warm-start", action="store_true", help="enqueue the vanilla transformer first, as nas search does")
     ap.add_argument("--db", default=None, help="SQLite file to keep (default: a temporary one)")
     args = ap.parse_args()
     db = Path(args.db) if args.db else Path(tempfile.mkdtemp()) / "bench.db"
@@ -86,7 +107,7 @@ def main() -> None:
         for method in args.methods:
             name = f"{method.replace('+', '_')}-s{seed}"
             cfg = SearchConfig(study=name, storage=url, trials=args.trials, seed=seed, steps=args.steps,
-                               stages=stages, latency_ms=budget, **METHODS[method])
+                               stages=stages, latency_ms=budget, warm_start=args.warm_start, **METHODS[method])
             t0 = time.time()
             search = Search(cfg, log=io.StringIO())
             budget = search.budget.latency_ms  # the first run fixes the budget for all
@@ -105,6 +126,20 @@ def main() -> None:
         bests = [r[-1][1] or 0.0 for r in runs]
         per = "; ".join(f"{s} / {b:.4f}" for s, b in zip(steps, bests))
         print(f"| {method} | {statistics.mean(steps):.0f} | {statistics.mean(bests):.4f} | {per} |")
+    # The same runs read at equal training-step budgets: best fitness each method had
+    # found by the time it had spent S steps (mean over seeds; a seed with no fully
+    # trained feasible trial by then counts as "-" and is left out of the mean).
+    top = max(r[-1][0] for runs in results.values() for r in runs)
+    grid = sorted({max(1, int(top * f)) for f in (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1)})
+    print("\nbest feasible fitness within S training steps (mean over seeds, [seeds with one])\n")
+    print("| method | " + " | ".join(f"S={g}" for g in grid) + " |")
+    print("|---|" + "---|" * len(grid))
+    for method, runs in results.items():
+        cells = []
+        for g in grid:
+            vals = [v for v in (best_within(r, g) for r in runs) if v is not None]
+            cells.append(f"{statistics.mean(vals):.4f} [{len(vals)}]" if vals else "-")
+        print(f"| {method} | " + " | ".join(cells) + " |")
     if "evolution+hurdles" in results and "evolution" in results:
         h, e = results["evolution+hurdles"], results["evolution"]
         cut = statistics.mean(e_r[-1][0] for e_r in e) / statistics.mean(h_r[-1][0] for h_r in h)

@@ -17,12 +17,12 @@ ints, bools and the registry's own name strings; a tampered study is refused.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import inspect
 import json
 import re
 import shlex
 import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +34,8 @@ from nas.results import best_feasible, is_feasible
 from nas.show import open_study
 from nas.storage import check_storage, check_study_name, open_storage, redact
 from nas.tables import Tables
-from search_spaces import ArchSpec, SpecError, build_model
-from search_spaces.arch_spec import LayerSpec
+from search_spaces import ArchSpec, LayerSpec, SpecError, build_model
+from search_spaces.arch_spec import KNOBS
 from search_spaces.attention import base as attention_base
 from search_spaces.attention.registry import REGISTRY
 from search_spaces import model as model_module
@@ -124,40 +124,28 @@ def spec_literal(spec: ArchSpec) -> str:
     ])
 
 
-_SPEC_CLASSES = '''
-@dataclass(frozen=True)
-class LayerSpec:
-    """One block's choices (validated by nas before export)."""
-
-    attention: str
-    heads: int
-    ffn: int
-    window: int | None = None
-    stride: int | None = None
-    block: int | None = None
-    global_tokens: int | None = None
-    random_blocks: int | None = None
-    rank: int | None = None
-    seed: int = 0
-
-    def knobs(self) -> dict:
-        return {k: getattr(self, k) for k in ("window", "stride", "block", "global_tokens", "random_blocks", "rank")
-                if getattr(self, k) is not None}
+def _dataclass_source(cls: type, doc: str, extra: str = "") -> str:
+    """A frozen dataclass with `cls`'s fields (names, annotations, defaults), written
+    from the class itself so the export can never drift from it, without the
+    validation (the spec was validated before export)."""
+    lines = ["@dataclass(frozen=True)", f"class {cls.__name__}:", f'    """{doc}"""', ""]
+    for fld in dataclasses.fields(cls):
+        annotation = fld.type if isinstance(fld.type, str) else fld.type.__name__
+        default = "" if fld.default is dataclasses.MISSING else f" = {fld.default!r}"
+        lines.append(f"    {fld.name}: {annotation}{default}")
+    return "\n".join(lines) + ("\n" + extra if extra else "")
 
 
-@dataclass(frozen=True)
-class ArchSpec:
-    """The architecture (validated by nas before export)."""
-
-    vocab_size: int
-    max_seq_len: int
-    d_model: int
-    layers: tuple
-    causal: bool = True
-    head: str = "token"
-    n_classes: int = 0
-    dropout: float = 0.0
-'''
+def _spec_classes() -> str:
+    knobs = (
+        "\n    def knobs(self) -> dict:\n"
+        f"        return {{k: getattr(self, k) for k in {tuple(KNOBS)!r}\n"
+        "                if getattr(self, k) is not None}\n"
+    )
+    return "\n\n".join([
+        _dataclass_source(LayerSpec, "One block's choices (validated by nas before export).", knobs),
+        _dataclass_source(ArchSpec, "The architecture (validated by nas before export)."),
+    ])
 
 
 # Characters a header (the docstring's first line) may hold: no quotes, no
@@ -279,7 +267,7 @@ def generate_model_py(spec: ArchSpec, *, header: str = "") -> str:
         "from dataclasses import dataclass",
         *_merge_imports(import_nodes),
         "",
-        _SPEC_CLASSES.strip("\n"),
+        _spec_classes(),
         "",
         "",
         "\n\n\n".join(chunks),

@@ -76,14 +76,20 @@ def device_label(device: torch.device, threads: int) -> str:
     return f"cpu:{threads}threads"
 
 
+def measure_key(spec: ArchSpec, *, device: torch.device, batch_size: int, threads: int,
+                dtype: torch.dtype = torch.float32) -> MeasureKey:
+    """The measurement cache's key: architecture, device (and CPU threads), shapes, dtype."""
+    return MeasureKey(spec.content_hash(), device_label(device, threads), batch_size, spec.max_seq_len,
+                      str(dtype).split(".")[-1])
+
+
 def measure(spec: ArchSpec, *, device: torch.device, batch_size: int, tables: Tables | None,
             threads: int, dtype: torch.dtype = torch.float32, seed: int = 0, memory: bool = True) -> Measurement:
     """Measured latency (and, if `memory`, peak memory) of `spec` on `device`, from
     the cache when this architecture was measured before on the same device,
     shapes and dtype. Latency comes first: an architecture over the latency budget
     is rejected without paying for the slower memory measurement."""
-    key = MeasureKey(spec.content_hash(), device_label(device, threads), batch_size, spec.max_seq_len,
-                     str(dtype).split(".")[-1])
+    key = measure_key(spec, device=device, batch_size=batch_size, threads=threads, dtype=dtype)
     lat = mem = None
     if tables is not None:
         hit = tables.get_measurement(key)

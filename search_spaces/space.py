@@ -32,7 +32,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from search_spaces.arch_spec import KNOBS, ArchSpec, LayerSpec, SpecError
+from search_spaces.arch_spec import KNOBS, ArchSpec, LayerSpec
 from search_spaces.attention.registry import REGISTRY
 
 Choice = Any

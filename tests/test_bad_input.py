@@ -18,19 +18,10 @@ import pytest
 from nas.cli import main
 from nas.search import Search, SearchConfig
 from nas.storage import default_url
+from fixture_spaces import TWO_ARCH_SPACE
 
 TINY = dict(vocab_size=16, seq_len=16, num_kv_pairs=2, n_valid=64, batch_size=16)
 TASK_ARGS = ["--task", "mqar"] + [x for k, v in TINY.items() for x in ("--task-option", f"{k}={v}")]
-TWO_ARCH_SPACE = """
-name = "two"
-[model]
-d_model = [16]
-depth = [1]
-[layer]
-attention = ["full", "linear"]
-heads = [1]
-ffn_mult = [2]
-"""
 
 
 @pytest.fixture(scope="module")

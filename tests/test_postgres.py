@@ -47,7 +47,7 @@ def pg_bin() -> Path | None:
 @pytest.fixture(scope="module")
 def postgres_url():
     try:
-        import psycopg2  # noqa: F401
+        import psycopg2
     except ImportError:
         pytest.skip("psycopg2 is not installed (pip install 'nas[postgres]')")
     bin_dir = pg_bin()
@@ -77,7 +77,6 @@ def postgres_url():
         subprocess.run(as_user + [str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", opts, "-w", "-t", "60", "start"],
                        check=True, capture_output=True, timeout=90)
         started = True
-        import psycopg2
 
         con = psycopg2.connect(host="127.0.0.1", port=port, user="nas", password=SECRET, dbname="postgres")
         con.autocommit = True

@@ -114,3 +114,17 @@ def test_impossible_budget_is_refused_before_anything_is_stored(tmp_path):
     with pytest.raises(SearchError, match="cannot be met"):
         Search(cfg, log=io.StringIO())
     assert not (tmp_path / "t.db").exists()
+
+
+def test_default_budget_is_the_vanilla_transformers_own_measured_latency(tmp_path):
+    # No --latency-ms: the budget is the vanilla transformer's measured latency, and
+    # the warm-start trial (that same transformer) reuses that measurement from the
+    # cache, so it is exactly at the budget, hence feasible.
+    cfg = tiny_config(tmp_path, latency_ms=None, trials=1, pruner="none")
+    search = Search(cfg, log=io.StringIO())
+    study = search.run(progress=False)
+    t0 = study.trials[0]
+    assert t0.user_attrs["warm_start"] == "vanilla transformer"
+    assert t0.user_attrs["latency_ms"] <= search.budget.latency_ms < t0.user_attrs["latency_ms"] + 1e-3
+    assert t0.constraints["latency_ms"] == pytest.approx(t0.user_attrs["latency_ms"] - search.budget.latency_ms)
+    assert t0.constraints["latency_ms"] <= 0

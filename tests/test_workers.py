@@ -14,24 +14,11 @@ from pathlib import Path
 
 import optuna
 import pytest
+from fixture_spaces import TWO_ARCH_SPACE
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = ["--task", "mqar", "--task-option", "vocab_size=16", "--task-option", "seq_len=16", "--task-option", "num_kv_pairs=2",
         "--task-option", "n_valid=64", "--task-option", "batch_size=16"]
-# Two architectures only: after the first two trials every measurement comes from
-# the nas_measurements cache, so a trial is a few storage round trips and one
-# training step -- as much write contention per second as a search can make.
-TWO_ARCH_SPACE = """
-name = "two"
-description = "two one-layer architectures, for storage tests"
-[model]
-d_model = [16]
-depth = [1]
-[layer]
-attention = ["full", "linear"]
-heads = [1]
-ffn_mult = [2]
-"""
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 

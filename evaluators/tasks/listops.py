@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from evaluators.errors import TaskError
-from evaluators.tasks.base import Batch, EvalResult, TaskBase, batches, check_int, mix_seed
+from evaluators.tasks.base import Batch, EvalResult, TaskBase, check_int, mix_seed
 from search_spaces.space import TaskShape
 
 PAD = 0
