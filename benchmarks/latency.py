@@ -1,7 +1,7 @@
 """How repeatable and how cheap is `measure_latency`? A benchmark of the measurement itself.
 
 Samples N random architectures (seeded) from a search space at the MQAR task's
-default shape (vocabulary 128, length 64, batch 64: `MQARTask.DEFAULTS`),
+default shape (vocabulary 64, length 32, batch 32: `MQARTask.DEFAULTS`),
 measures each one's latency in two independent passes (the second in a shuffled
 order, so drift in machine load does not line up with the first), with the
 defaults the search uses, and prints:

@@ -111,6 +111,19 @@ def measure(spec: ArchSpec, *, device: torch.device, batch_size: int, tables: Ta
     return Measurement(lat, mem, cached=cached, seconds=time.perf_counter() - t0)
 
 
+def _set_constraints(trial: optuna.Trial, violations: dict[str, float]) -> None:
+    """`trial.set_constraint` for each budget, except those the trial already holds
+    with the same value: a trial retried after a killed worker starts with the
+    system attributes (constraints included) of the trial it retries, and the same
+    architecture's cached measurement gives the same value again (Optuna would
+    warn and keep the old one)."""
+    held = trial.constraints
+    for key, value in violations.items():
+        if key in held and held[key] == float(value):
+            continue
+        trial.set_constraint(key, value)
+
+
 class Objective:
     """The function Optuna calls once per trial (see module docstring)."""
 
@@ -175,8 +188,7 @@ class Objective:
         trial.set_user_attr("measure_seconds", seconds)
         if self.budget.memory_mb is not None and m.memory_mb > self.budget.memory_mb:
             self._stop_over_budget(trial, m, f"memory {m.memory_mb:.3g} MiB > {self.budget.memory_mb:g} MiB")
-        for key, value in self.budget.violations(m.latency_ms, m.memory_mb).items():
-            trial.set_constraint(key, value)
+        _set_constraints(trial, self.budget.violations(m.latency_ms, m.memory_mb))
 
         # 2. Train in stages; each stage's fitness goes to the pruner (the hurdles).
         torch.manual_seed(self.seed)
@@ -212,8 +224,7 @@ class Objective:
 
     def _stop_over_budget(self, trial: optuna.Trial, m: Measurement, why: str) -> None:
         """Record the candidate infeasible and end it untrained (PRUNED)."""
-        for key, value in self.budget.violations(m.latency_ms, m.memory_mb).items():
-            trial.set_constraint(key, value)
+        _set_constraints(trial, self.budget.violations(m.latency_ms, m.memory_mb))
         trial.set_user_attr("measure_seconds", m.seconds)
         trial.set_user_attr("stopped", f"over budget: {why}")
         trial.set_user_attr("steps_trained", 0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import time
+import warnings
 
 import optuna
 import pytest
@@ -128,3 +129,29 @@ def test_default_budget_is_the_vanilla_transformers_own_measured_latency(tmp_pat
     assert t0.user_attrs["latency_ms"] <= search.budget.latency_ms < t0.user_attrs["latency_ms"] + 1e-3
     assert t0.constraints["latency_ms"] == pytest.approx(t0.user_attrs["latency_ms"] - search.budget.latency_ms)
     assert t0.constraints["latency_ms"] <= 0
+
+
+def test_retried_trial_keeps_its_constraint_without_a_warning(tmp_path):
+    # A retry (RetryHeartbeatStaleTrialCallback) starts with the failed trial's
+    # system attrs, constraints included; measuring the same architecture again
+    # must leave the value as it is and not make Optuna warn.
+    task = get_task("mqar", **TINY_TASK)
+    space = load_space("tiny").for_task(task.shape)
+    url = default_url("r", tmp_path)
+    study = optuna.create_study(study_name="r", storage=url, direction="maximize")
+    params = {"d_model": 16, "depth": 1, "layer0.attention": "full", "layer0.heads": 1, "layer0.ffn_mult": 2}
+    tables = Tables(url)
+    objective = Objective(study_name="r", task=task, space=space, budget=Budget(latency_ms=1e-6),
+                          device=resolve_device("cpu"), stages=(4,), tables=tables, checkpoint_dir=None, threads=1)
+    study.enqueue_trial(params)
+    study.optimize(objective, n_trials=1)
+    first = study.trials[0]
+    study.enqueue_trial(params)  # a retry runs its trial's params again (fixed_params)
+    retry = study.ask()
+    key = "constraints:latency_ms"  # what a retry copies over from the failed trial
+    study._storage.set_trial_system_attr(retry._trial_id, key, first.system_attrs[key])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(optuna.TrialPruned):
+            objective(retry)
+    assert study.trials[1].constraints == first.constraints
