@@ -222,6 +222,15 @@ def default_threads() -> int:
     return DEFAULT_CPU_THREADS
 
 
+def _resolve_threads(threads: int | None) -> int:
+    """The CPU intra-op thread count a measurement runs with: `threads`, checked,
+    or `default_threads()` when None."""
+    n = threads if threads is not None else default_threads()
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"threads must be an integer >= 1, got {n!r}")
+    return n
+
+
 def device_label(device: torch.device | str, threads: int | None = None) -> str:
     """How a measurement names its hardware: ``"cpu (2 threads)"`` or the CUDA device name."""
     device = torch.device(device)
@@ -385,9 +394,7 @@ def measure_latency(
         clock_name = "cuda-events"
         threads_ctx: contextlib.AbstractContextManager = contextlib.nullcontext()
     else:
-        n_threads = threads if threads is not None else default_threads()
-        if isinstance(n_threads, bool) or not isinstance(n_threads, int) or n_threads < 1:
-            raise ValueError(f"threads must be an integer >= 1, got {n_threads!r}")
+        n_threads = _resolve_threads(threads)
         if clock == "thread-cpu" and n_threads != 1:
             raise ValueError(f"clock 'thread-cpu' times only the calling thread: it needs threads=1, got {n_threads}")
         label = device_label(device, n_threads)
@@ -572,9 +579,7 @@ def measure_memory(
     device = resolve_device(device)
     _check_dtype(dtype)
     if device.type == "cpu":
-        n_threads = threads if threads is not None else default_threads()
-        if isinstance(n_threads, bool) or not isinstance(n_threads, int) or n_threads < 1:
-            raise ValueError(f"threads must be an integer >= 1, got {n_threads!r}")
+        n_threads = _resolve_threads(threads)
         threads_ctx: contextlib.AbstractContextManager = _cpu_threads(n_threads)
     else:
         threads_ctx = contextlib.nullcontext()

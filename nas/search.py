@@ -28,7 +28,7 @@ from nas.objective import Budget, Measurement, Objective, measure, measure_key
 from nas.results import best_feasible, finished_count, summary_table
 from nas.storage import STUDIES_DIR, check_storage, check_study_name, default_url, open_storage, redact, sqlite_path
 from nas.tables import Tables
-from search_spaces import SearchSpace, SpecError, load_space
+from search_spaces import ArchSpec, SearchSpace, SpecError, load_space
 
 CONFIG_ATTR = "nas:config"
 TRAIN_ATTR = "nas:train_options"  # e.g. {"lr": 0.01}: how every candidate is trained; workers read it from here
@@ -139,9 +139,6 @@ class Search:
         self.train_options: dict[str, Any] = dict(cfg.train_options)
         self.study: optuna.Study | None = None
         self.budget: Budget | None = None
-        # What _initial_budget measured, stored in the cache once the study exists:
-        # the vanilla warm start then shows the very latency the default budget is.
-        self._budget_measurements: list[tuple[Any, Measurement]] = []
         self._open(create)
 
     # ---- creation / resumption ---------------------------------------------------
@@ -192,7 +189,7 @@ class Search:
             return
         if not create:
             raise SearchError(f"no study {cfg.study!r} in {redact(self.url)}; start it with nas search --study {cfg.study}")
-        budget = self._initial_budget()
+        budget, measured = self._initial_budget()
         self.budget = budget
         if self.storage is None:
             self.storage = open_storage(self.url)
@@ -205,9 +202,11 @@ class Search:
         if cfg.command:
             study.set_user_attr("nas:command", cfg.command)
         study.set_user_attr("nas:description", f"{self.task.name} on space {self.space.name}: {self.task.description}")
+        # What the budget check measured goes into the cache: the vanilla warm start
+        # then shows the very latency the default budget is.
         tables = Tables(self.url)
         try:
-            for spec, m in self._budget_measurements:
+            for spec, m in measured:
                 key = measure_key(spec, device=self.device, batch_size=self.task.batch_size, threads=self.threads)
                 tables.put_measurement(key, m.latency, m.memory)
         finally:
@@ -218,22 +217,25 @@ class Search:
                 study.enqueue_trial(vanilla, user_attrs={"warm_start": "vanilla transformer"})
         self._print(f"created study {cfg.study!r} in {redact(self.url)}")
 
-    def _initial_budget(self) -> Budget:
-        """The budget of a new study; checked against the cheapest architecture of
-        the space, measured on this device, so an impossible budget fails now."""
+    def _initial_budget(self) -> tuple[Budget, list[tuple[ArchSpec, Measurement]]]:
+        """The budget of a new study, checked against the cheapest architecture of
+        the space measured on this device, so an impossible budget fails now; with
+        the (architecture, measurement) pairs taken for it."""
         cfg = self.cfg
         shape = self.task.shape
         cheapest = self.space.cheapest(shape)
         m = measure(cheapest, device=self.device, batch_size=self.task.batch_size, tables=None,
                     threads=self.threads, seed=cfg.seed)
-        self._budget_measurements.append((cheapest, m))
+        measured = [(cheapest, m)]
         latency_ms = cfg.latency_ms
         if latency_ms is None:
             vanilla = _vanilla_params(self.space)
-            ref = _spec_from_params(self.space, vanilla, shape) if vanilla else cheapest
-            r = measure(ref, device=self.device, batch_size=self.task.batch_size, tables=None,
-                        threads=self.threads, seed=cfg.seed)
-            self._budget_measurements.append((ref, r))
+            r = m  # no vanilla transformer in the space: the cheapest one, measured above
+            if vanilla:
+                ref = _spec_from_params(self.space, vanilla, shape)
+                r = measure(ref, device=self.device, batch_size=self.task.batch_size, tables=None,
+                            threads=self.threads, seed=cfg.seed)
+                measured.append((ref, r))
             # Rounded up, so the vanilla transformer itself (cached below) stays within it.
             latency_ms = math.ceil(r.latency_ms * 1000) / 1000
             self._print(f"no --latency-ms given: budget = measured latency of the {'vanilla transformer' if vanilla else 'cheapest architecture'} "
@@ -248,7 +250,7 @@ class Search:
                 f"memory budget {cfg.memory_mb:g} MiB cannot be met: the cheapest architecture of space {self.space.name!r} "
                 f"peaks at {m.memory_mb:.3f} MiB on {self.device.type}; raise --memory-mb above {m.memory_mb:.3f}"
             )
-        return Budget(latency_ms, cfg.memory_mb)
+        return Budget(latency_ms, cfg.memory_mb), measured
 
     def _print(self, msg: str) -> None:
         print(msg, file=self.log, flush=True)
