@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU threads (default: evaluators.hardware.default_threads(), as the search)")
     ap.add_argument("--no-memory", action="store_true", help="skip timing measure_memory")
+    ap.add_argument("--min-time-s", type=float, default=None, help="measure_latency's min_time_s (default: its own)")
     ap.add_argument("--max-time-s", type=float, default=None, help="measure_latency's max_time_s (default: its own)")
     ap.add_argument("--clock", default="auto", choices=["auto", "thread-cpu", "wall"], help="measure_latency's CPU clock")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -75,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
 
     kw = dict(batch_size=args.batch_size, seq_len=args.seq_len, vocab_size=args.vocab,
               device=device, dtype=dtype, threads=args.threads)
-    lat_kw = dict(clock=args.clock) | ({} if args.max_time_s is None else dict(max_time_s=args.max_time_s))
+    lat_kw = dict(clock=args.clock) | {k: v for k, v in (("min_time_s", args.min_time_s), ("max_time_s", args.max_time_s))
+                                       if v is not None}
     passes: list[dict[int, object]] = [{}, {}]
     seconds: list[float] = []
     mem_seconds: list[float] = []

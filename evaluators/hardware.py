@@ -6,9 +6,16 @@ the one analytic number, named as an estimate and kept apart from the results.)
 
 Latency (`measure_latency`): inference forward `model(tokens)` under
 `torch.inference_mode()` on fixed random tokens (seeded), after warm-up passes,
-repeated until both a floor of passes and a minimum measured time are reached,
-bounded by a ceiling of passes and a wall-clock ceiling on the whole call. Each
-sample is one forward pass; the result is their median and spread:
+repeated until a floor of passes and a minimum measured time are reached and
+the spread is at most `target_cv`, bounded by a ceiling of passes and a
+wall-clock ceiling on the whole call. Each sample is one forward pass; the
+result is their median and spread. The spread rule is there because a shared
+machine changes speed in episodes (on the 2-vCPU VM this was built on, a fixed
+256x256 matmul ran ~15% slower for 0.1-0.2 s about once a second): a
+measurement that straddles one has a wide spread, and more passes move its
+median back to the usual speed (Kendall tau between two passes over 20
+architectures, `benchmarks/latency.py`: 0.863-0.958 without the rule, below 0.9
+in 4 of 7 runs; 0.895-0.979 with it, below 0.9 in 1 of 10):
 
 - CUDA: a pair of CUDA events around the pass, the queue drained before each
   pass and the end event synchronised after it, so a sample is the GPU-timeline
@@ -329,6 +336,13 @@ def _quantile(sorted_xs: list[float], q: float) -> float:
     return sorted_xs[lo] + (sorted_xs[hi] - sorted_xs[lo]) * (pos - lo)
 
 
+def _robust_cv(sorted_xs: list[float]) -> float:
+    """`CV_METHOD` of already sorted samples."""
+    median = statistics.median(sorted_xs)
+    iqr = _quantile(sorted_xs, 0.75) - _quantile(sorted_xs, 0.25)
+    return iqr / 1.349 / median if median > 0 else 0.0
+
+
 def _model_to(model: nn.Module, device: torch.device) -> None:
     p = next(model.parameters(), None)
     if p is not None and p.device != device:
@@ -354,6 +368,7 @@ def measure_latency(
     min_time_s: float = 0.1,
     max_repeats: int = 500,
     max_time_s: float = 0.5,
+    target_cv: float | None = 0.03,
     threads: int | None = None,
     padding: bool = False,
     clock: str = "auto",
@@ -363,7 +378,8 @@ def measure_latency(
     `warmup` untimed passes (cut short once they took a quarter of `max_time_s`,
     but at least one when `warmup` > 0), then timed passes until at least
     `repeats` were taken *and* their samples add up to at least `min_time_s`
-    seconds; never more than `max_repeats` passes, and once the whole call has
+    seconds, and, with `target_cv`, until their robust CV (`CV_METHOD`) is at
+    most `target_cv`; never more than `max_repeats` passes, and once the whole call has
     run `max_time_s` seconds of wall-clock time (warm-up included) it stops as
     soon as it has `MIN_SAMPLES` (5) passes, so a slow model (or a loaded
     machine) cannot make a measurement take long. ``max_repeats < repeats`` is
@@ -385,6 +401,8 @@ def measure_latency(
         raise ValueError(f"min_time_s and max_time_s must be >= 0; got {min_time_s}, {max_time_s}")
     if clock not in CPU_CLOCKS:
         raise ValueError(f"clock must be one of {CPU_CLOCKS}, got {clock!r}")
+    if target_cv is not None and not target_cv > 0:
+        raise ValueError(f"target_cv must be > 0 or None, got {target_cv!r}")
     _model_to(model, device)
     tokens, mask = _inputs(batch_size, seq_len, vocab_size, device, padding)
     args = (tokens,) if mask is None else (tokens, mask)
@@ -407,7 +425,11 @@ def measure_latency(
     def _more(n: int, measured: float) -> bool:
         if n >= max_repeats or (n >= MIN_SAMPLES and wall() - t_start >= max_time_s):
             return False
-        return n < repeats or measured < min_time_s
+        if n < repeats or measured < min_time_s:
+            return True
+        # A spread above target_cv means the machine changed speed during the
+        # measurement; more passes let the median settle on the usual speed.
+        return target_cv is not None and _robust_cv(sorted(samples)) > target_cv
 
     samples: list[float] = []  # ms, on clock_name
     walls: list[float] = []  # ms, wall-clock time of the same passes
@@ -455,8 +477,7 @@ def measure_latency(
 
     xs = sorted(samples)
     median = statistics.median(xs)
-    q25, q75 = _quantile(xs, 0.25), _quantile(xs, 0.75)
-    cv = (q75 - q25) / 1.349 / median if median > 0 else 0.0
+    cv = _robust_cv(xs)
     return LatencyResult(
         median_ms=median,
         p10_ms=_quantile(xs, 0.10),

@@ -79,6 +79,37 @@ def test_latency_adaptive_repeats_fill_min_time_and_respect_ceiling() -> None:
     assert len(r.samples) == 12  # the ceiling of passes wins over min_time_s
 
 
+class _BusyModel(torch.nn.Module):
+    """Each pass spins for a set thread-CPU time: pass i takes durations[i % len] seconds."""
+
+    def __init__(self, durations: tuple[float, ...]) -> None:
+        super().__init__()
+        self.durations, self.calls = durations, 0
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        d = self.durations[self.calls % len(self.durations)]
+        self.calls += 1
+        t0 = time.thread_time()
+        while time.thread_time() - t0 < d:
+            pass
+        return tokens
+
+
+def test_latency_keeps_sampling_while_the_spread_is_above_target_cv() -> None:
+    kw = dict(batch_size=1, seq_len=8, vocab_size=16, device="cpu", threads=1, clock="thread-cpu",
+              warmup=0, repeats=10, min_time_s=0.0, max_repeats=40, max_time_s=5.0)
+    # Passes alternating 1 ms and 2 ms: a robust CV far above 3%, so the floor of
+    # 10 passes is not enough and it samples up to the ceiling of passes.
+    jumpy = measure_latency(_BusyModel((0.001, 0.002)), **kw, target_cv=0.03)
+    assert len(jumpy.samples) == 40 and jumpy.cv > 0.03
+    # The same model without a CV target stops at the floor.
+    assert len(measure_latency(_BusyModel((0.001, 0.002)), **kw, target_cv=None).samples) == 10
+    # A steady model meets the target at once.
+    steady = measure_latency(_BusyModel((0.002,)), **kw, target_cv=0.03)
+    assert len(steady.samples) == 10 and steady.cv <= 0.03
+
+
 def test_latency_time_ceiling_bounds_a_slow_model() -> None:
     from evaluators.hardware import MIN_SAMPLES
 
