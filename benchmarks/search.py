@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import optuna  # noqa: E402
 
-from nas.results import fitness, is_feasible  # noqa: E402
+from nas.results import fitness, is_feasible, steps_spent  # noqa: E402
 from nas.search import Search, SearchConfig  # noqa: E402
 
 METHODS = {
@@ -61,7 +61,7 @@ def trajectory(study: optuna.Study) -> list[tuple[int, float | None]]:
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
         if not t.state.is_finished():
             continue
-        steps += int(t.user_attrs.get("steps_trained", 0))
+        steps += steps_spent(t)
         if t.state == optuna.trial.TrialState.COMPLETE and is_feasible(t) and fitness(t) is not None:
             best = fitness(t) if best is None else max(best, fitness(t))
         out.append((steps, best))

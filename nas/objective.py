@@ -1,6 +1,11 @@
 """One trial: sample an ArchSpec, measure its cost, stop if over budget, else train
 in stages reporting to the pruner, and return the fitness.
 
+An architecture this study already trained (same seed) is not trained again:
+the earlier trial's fitness at each stage is replayed through the pruner
+(`Objective.twin`), and the trial records ``replayed_from`` and
+``steps_spent = 0`` (``steps_trained`` stays the steps its fitness stands for).
+
 Budget first: latency and memory are measured on the device before any training,
 so a candidate over budget costs a measurement (well under a second on CPU, and
 nothing when the architecture was measured before: `nas_measurements` cache) and
@@ -190,7 +195,14 @@ class Objective:
             self._stop_over_budget(trial, m, f"memory {m.memory_mb:.3g} MiB > {self.budget.memory_mb:g} MiB")
         _set_constraints(trial, self.budget.violations(m.latency_ms, m.memory_mb))
 
-        # 2. Train in stages; each stage's fitness goes to the pruner (the hurdles).
+        # 2. The same architecture trained before in this study, with the same seed
+        #    (hence the same weights and fitness at every stage): replay its reports.
+        replayed = self._replay(trial, spec)
+        if replayed is not None and self.stages[-1] in replayed:
+            return replayed[self.stages[-1]]
+        replayed = replayed or {}
+
+        # 3. Train in stages; each stage's fitness goes to the pruner (the hurdles).
         torch.manual_seed(self.seed)
         model = build_model(spec).to(self.device)
         trial.set_user_attr("params", count_parameters(model))
@@ -201,10 +213,13 @@ class Objective:
 
         def report(step: int, result) -> None:
             reached[step] = float(result.fitness)
-            trial.report(result.fitness, step)
             trial.set_user_attr("steps_trained", step)
+            trial.set_user_attr("steps_spent", step)
             trial.set_user_attr("train_seconds", time.perf_counter() - t0)
             trial.set_user_attr("metrics", {k: float(v) for k, v in result.metrics.items()})
+            if step in replayed:
+                return  # reported, and judged by the pruner, in the replay
+            trial.report(result.fitness, step)
             if step < self.stages[-1] and trial.should_prune():
                 trial.set_user_attr("stopped", f"below the hurdle at step {step}")
                 raise optuna.TrialPruned(f"fitness {result.fitness:.4g} below the hurdle at step {step}")
@@ -214,13 +229,69 @@ class Objective:
         except TrialFailure as e:
             trial.set_user_attr("failure", e.reason)
             trial.set_user_attr("steps_trained", trainer.steps_done)
+            trial.set_user_attr("steps_spent", trainer.steps_done)
             raise
         fitness = reached[self.stages[-1]]
 
-        # 3. It cleared every hurdle: keep its weights so the winner exports trained.
+        # 4. It cleared every hurdle: keep its weights so the winner exports trained.
         if self.checkpoint_dir is not None and self.tables is not None:
             self.save_checkpoint(trial, spec, model)
         return fitness
+
+    def twin(self, trial: optuna.Trial, spec: ArchSpec) -> optuna.trial.FrozenTrial | None:
+        """A finished trial of this study that trained `spec` with this seed and
+        reported at the most stages (None if there is none).
+
+        Training is seeded (`torch.manual_seed(seed)` before the model is built,
+        the Trainer's own seed for the data order), and a study's task, stages and
+        device are fixed by its identity, so such a trial's fitness at each stage
+        is what training this one would give (bit for bit on CPU with the same
+        thread count; on GPU up to non-deterministic kernels). Evolution proposes
+        an architecture it already evaluated for about one trial in six.
+        """
+        h = spec.content_hash()
+        best = None
+        for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
+                                                                optuna.trial.TrialState.PRUNED)):
+            a = t.user_attrs
+            if (t.number != trial.number and a.get("arch_hash") == h and a.get("seed") == self.seed
+                    and a.get("device") == device_label(self.device, self.threads)
+                    and t.intermediate_values and "failure" not in a
+                    and (best is None or len(t.intermediate_values) > len(best.intermediate_values))):
+                best = t
+        return best
+
+    def _replay(self, trial: optuna.Trial, spec: ArchSpec) -> dict[int, float] | None:
+        """Report the twin's fitness at each stage it reached, with the pruner's
+        decision after each (the hurdles in force now, not those the twin met).
+        Returns the replayed {step: fitness}, or None when there is no twin. If the
+        twin stopped before this trial must go on, the caller trains it, from
+        scratch (the twin's weights at its last stage are not kept)."""
+        twin = self.twin(trial, spec)
+        if twin is None:
+            return None
+        trial.set_user_attr("replayed_from", twin.number)
+        trial.set_user_attr("steps_spent", 0)
+        for key in ("params", "metrics"):
+            if key in twin.user_attrs:
+                trial.set_user_attr(key, twin.user_attrs[key])
+        replayed: dict[int, float] = {}
+        for step in self.stages:
+            if step not in twin.intermediate_values:
+                break
+            value = float(twin.intermediate_values[step])
+            replayed[step] = value
+            trial.report(value, step)
+            trial.set_user_attr("steps_trained", step)
+            if step < self.stages[-1] and trial.should_prune():
+                trial.set_user_attr("stopped", f"below the hurdle at step {step} (replayed from trial {twin.number})")
+                raise optuna.TrialPruned(f"fitness {value:.4g} below the hurdle at step {step}")
+        if self.stages[-1] in replayed and self.tables is not None:
+            row = self.tables.get_checkpoint(self.study_name, twin.number)
+            if row is not None:  # the same weights: point at the twin's file
+                self.tables.put_checkpoint(self.study_name, trial.number, row["path"], row["arch_hash"], row["step"])
+                trial.set_user_attr("checkpoint", row["path"])
+        return replayed
 
     def _stop_over_budget(self, trial: optuna.Trial, m: Measurement, why: str) -> None:
         """Record the candidate infeasible and end it untrained (PRUNED)."""
@@ -228,6 +299,7 @@ class Objective:
         trial.set_user_attr("measure_seconds", m.seconds)
         trial.set_user_attr("stopped", f"over budget: {why}")
         trial.set_user_attr("steps_trained", 0)
+        trial.set_user_attr("steps_spent", 0)
         raise optuna.TrialPruned(f"over budget: {why}")
 
     def save_checkpoint(self, trial: optuna.Trial, spec: ArchSpec, model: torch.nn.Module) -> None:

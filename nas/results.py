@@ -31,6 +31,14 @@ def fitness(trial: FrozenTrial) -> float | None:
     return None
 
 
+def steps_spent(trial: FrozenTrial) -> int:
+    """Training steps this trial cost: 0 for one that replayed an architecture
+    trained before (`steps_trained` is then the steps its fitness stands for);
+    studies written before `steps_spent` existed hold only `steps_trained`."""
+    a = trial.user_attrs
+    return int(a.get("steps_spent", a.get("steps_trained", 0)))
+
+
 def fully_trained(study: optuna.Study) -> list[FrozenTrial]:
     """COMPLETE, feasible trials: trained through every stage."""
     return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))

@@ -9,7 +9,7 @@ from typing import TextIO
 import optuna
 
 from nas.errors import NasError
-from nas.results import HEADER, _row, fitness, format_table, is_feasible, pareto_front, summary_table
+from nas.results import HEADER, _row, fitness, format_table, is_feasible, pareto_front, steps_spent, summary_table
 from nas.storage import check_storage, default_url, open_storage, redact, sqlite_path
 
 
@@ -40,8 +40,11 @@ def show(study: optuna.Study, *, top: int = 10, out: TextIO = sys.stdout) -> Non
         h = ProgressiveHurdlePruner(stages=stages).hurdles(study) if len(stages) > 1 else {}
         print("\nhurdles (step: mean fitness of the first trials to reach it): "
               + (", ".join(f"{s}: {v:.4f}" for s, v in sorted(h.items())) or "none set yet"), file=out)
-    steps = sum(t.user_attrs.get("steps_trained", 0) for t in study.get_trials(deepcopy=False))
-    print(f"training steps spent: {steps}", file=out)
+    trials = study.get_trials(deepcopy=False)
+    steps = sum(steps_spent(t) for t in trials)
+    replays = sum("replayed_from" in t.user_attrs for t in trials)
+    print(f"training steps spent: {steps}" + (f" ({replays} trials replayed an architecture trained before)" if replays else ""),
+          file=out)
 
 
 def plot(study: optuna.Study, path: str) -> None:

@@ -155,3 +155,67 @@ def test_retried_trial_keeps_its_constraint_without_a_warning(tmp_path):
         with pytest.raises(optuna.TrialPruned):
             objective(retry)
     assert study.trials[1].constraints == first.constraints
+
+
+# ---- an architecture trained before is replayed, not trained again -----------------
+REPEATED = {"d_model": 16, "depth": 1, "layer0.attention": "local", "layer0.heads": 2, "layer0.ffn_mult": 2,
+            "layer0.window": 4}
+
+
+class _PruneTrials(optuna.pruners.BasePruner):
+    """Prunes the listed trial numbers at their first report (a stand-in for a hurdle)."""
+
+    def __init__(self, numbers: set[int]) -> None:
+        self.numbers = numbers
+
+    def prune(self, study, trial) -> bool:
+        return trial.number in self.numbers
+
+
+def _run_enqueued(tmp_path, name: str, n: int, pruner: optuna.pruners.BasePruner, checkpoints: bool = False):
+    task = get_task("mqar", **TINY_TASK)
+    space = load_space("tiny").for_task(task.shape)
+    url = default_url(name, tmp_path)
+    study = optuna.create_study(study_name=name, storage=url, direction="maximize", pruner=pruner)
+    for _ in range(n):
+        study.enqueue_trial(REPEATED)
+    objective = Objective(study_name=name, task=task, space=space, budget=Budget(latency_ms=1000.0),
+                          device=resolve_device("cpu"), stages=(4, 8), tables=Tables(url),
+                          checkpoint_dir=tmp_path / f"ckpt-{name}" if checkpoints else None, threads=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. Optuna's "step already reported"
+        study.optimize(objective, n_trials=n)
+    return study.trials
+
+
+def test_repeated_architecture_is_trained_once_and_replayed(tmp_path):
+    # The reference: the architecture trained alone, in a study of its own.
+    (ref,) = _run_enqueued(tmp_path, "ref", 1, optuna.pruners.NopPruner())
+    first, second = _run_enqueued(tmp_path, "dup", 2, optuna.pruners.NopPruner(), checkpoints=True)
+    assert first.user_attrs["steps_spent"] == 8 and "replayed_from" not in first.user_attrs
+    assert second.state == optuna.trial.TrialState.COMPLETE
+    assert second.user_attrs["replayed_from"] == 0 and second.user_attrs["steps_spent"] == 0
+    assert second.user_attrs["steps_trained"] == 8
+    assert second.intermediate_values == ref.intermediate_values and second.value == ref.value
+    assert second.user_attrs["checkpoint"] == first.user_attrs["checkpoint"]  # the same weights
+
+
+def test_replay_meets_the_pruner_of_now(tmp_path):
+    # Trial 0 trains through; the pruner stops trial 1 at its first report, which is
+    # a replayed one: it ends PRUNED at step 4 with trial 0's fitness there, untrained.
+    first, second = _run_enqueued(tmp_path, "p", 2, _PruneTrials({1}))
+    assert first.state == optuna.trial.TrialState.COMPLETE
+    assert second.state == optuna.trial.TrialState.PRUNED
+    assert second.intermediate_values == {4: first.intermediate_values[4]}
+    assert second.user_attrs["steps_spent"] == 0 and "replayed" in second.user_attrs["stopped"]
+
+
+def test_replay_of_a_twin_that_stopped_early_trains_the_rest(tmp_path):
+    # Trial 0 is stopped at step 4; trial 1 (same architecture) is not: it replays
+    # step 4, then trains from scratch to step 8 and reports only the new stage.
+    (ref,) = _run_enqueued(tmp_path, "ref", 1, optuna.pruners.NopPruner())
+    first, second = _run_enqueued(tmp_path, "e", 2, _PruneTrials({0}))
+    assert first.state == optuna.trial.TrialState.PRUNED and first.user_attrs["steps_spent"] == 4
+    assert second.state == optuna.trial.TrialState.COMPLETE
+    assert second.user_attrs["replayed_from"] == 0 and second.user_attrs["steps_spent"] == 8
+    assert second.intermediate_values == ref.intermediate_values
