@@ -13,6 +13,7 @@ import sqlite3
 import time
 import warnings
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import optuna
 from sqlalchemy import event
@@ -30,6 +31,15 @@ STUDIES_DIR = "studies"
 HEARTBEAT_INTERVAL = int(os.environ.get("NAS_HEARTBEAT_INTERVAL", 5))
 GRACE_PERIOD = int(os.environ.get("NAS_GRACE_PERIOD", 20))
 MAX_RETRY = 3
+# How often opening a new database is retried when another process is creating
+# its schema at the same moment (see `retry_schema_race`).
+SCHEMA_RACE_RETRIES = 5
+
+T = TypeVar("T")
+# What a lost schema-creation race says: a table created meanwhile (SQLite,
+# PostgreSQL), Alembic's version row inserted meanwhile (SQLite), PostgreSQL's
+# catalogue row of a type created meanwhile.
+_SCHEMA_RACE_SIGNS = ("already exists", "alembic_version", "pg_type_typname_nsp_index")
 
 
 class StorageError(ValueError):
@@ -151,11 +161,22 @@ def _quick_check(path: Path, attempts: int = 3) -> str:
 def _enable_wal(path: Path) -> None:
     # WAL lets readers proceed while one writer commits, which is what several
     # workers on one SQLite study do; the mode is stored in the file itself.
-    con = sqlite3.connect(path, timeout=60)
-    try:
-        con.execute("PRAGMA journal_mode=WAL")
-    finally:
-        con.close()
+    # Switching the mode needs the file to itself and SQLite answers "database is
+    # locked" at once, without waiting out the busy timeout, while another process
+    # is switching it or creating the schema (workers started together on a new
+    # file): retry for up to a minute.
+    deadline = time.monotonic() + 60
+    while True:
+        con = sqlite3.connect(path, timeout=60)
+        try:
+            con.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+        finally:
+            con.close()
+        time.sleep(0.1)
 
 
 def sqlite_engine_options() -> dict:
@@ -207,13 +228,33 @@ def open_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.RDBStor
                     grace_period=GRACE_PERIOD,
                     heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
                 )
-            storage = optuna.storages.RDBStorage(driver_url(url), engine_kwargs=engine_kwargs, **kwargs)
+            storage = retry_schema_race(
+                lambda: optuna.storages.RDBStorage(driver_url(url), engine_kwargs=dict(engine_kwargs), **kwargs))
         if path is not None:
             serialize_sqlite_writes(storage.engine)
             storage.engine.dispose()  # connections made before the hook: drop them
         return storage
     except Exception as e:  # sqlalchemy / driver errors carry the URL: never echo it raw
         raise StorageError(f"cannot open storage {redact(url)}: {type(e).__name__}: {_driver_message(e, url)}") from None
+
+
+def retry_schema_race(create: Callable[[], T]) -> T:
+    """`create()` (opening a database and creating its tables), retried when
+    another process was creating the same schema at the same moment.
+
+    Optuna (and SQLAlchemy's ``create_all``) check which tables exist, then
+    create the missing ones, so two workers started together on a new database
+    can both try to create a table, and the later one fails with "table ...
+    already exists" (seen with two processes on a new SQLite file). Once the
+    first has finished, a retry finds the schema in place."""
+    for attempt in range(SCHEMA_RACE_RETRIES):
+        try:
+            return create()
+        except Exception as e:  # sqlalchemy OperationalError (SQLite), ProgrammingError (PostgreSQL), ...
+            if not any(sign in str(e) for sign in _SCHEMA_RACE_SIGNS):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    return create()
 
 
 def _driver_message(e: BaseException, url: str) -> str:

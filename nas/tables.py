@@ -28,7 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-from nas.storage import driver_url, serialize_sqlite_writes, sqlite_engine_options, sqlite_path
+from nas.storage import driver_url, retry_schema_race, serialize_sqlite_writes, sqlite_engine_options, sqlite_path
 
 metadata = MetaData()
 
@@ -76,7 +76,7 @@ def make_engine(url: str) -> Engine:
     engine = create_engine(driver_url(url), **kwargs)
     if sqlite:
         serialize_sqlite_writes(engine)
-    metadata.create_all(engine, checkfirst=True)
+    retry_schema_race(lambda: metadata.create_all(engine, checkfirst=True))
     return engine
 
 

@@ -56,6 +56,36 @@ def assert_numbers_dense(study: optuna.Study) -> None:
     assert len(set(ids)) == len(ids)
 
 
+_OPEN_AT = """
+import sys, time
+from nas.storage import open_storage
+from nas.tables import Tables
+url, start = sys.argv[1], float(sys.argv[2])
+while time.time() < start:  # all processes open the new file at the same moment
+    pass
+open_storage(url, heartbeat=False)
+Tables(url)
+print("opened")
+"""
+
+
+def test_workers_started_together_on_a_new_database(tmp_path):
+    # Each process creates the Optuna and nas_ schema if it is missing; started
+    # together on a new file they race (without the retries, plain RDBStorage lost
+    # 9 of 12 such openings: "table studies already exists", "database is locked").
+    for round_ in range(2):
+        db = tmp_path / f"new{round_}.db"
+        url = f"sqlite:///{db}"
+        start = time.time() + 3.0  # after every interpreter has imported torch and optuna
+        procs = [subprocess.Popen([sys.executable, "-c", _OPEN_AT, url, str(start)], env=env(),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+        outs = [p.communicate(timeout=120) for p in procs]
+        for p, (out, err) in zip(procs, outs):
+            assert p.returncode == 0 and out.strip() == "opened", err.strip().splitlines()[-1:]
+        assert integrity(db) == "ok"
+        optuna.create_study(study_name="s", storage=url)  # a usable storage
+
+
 @pytest.mark.slow
 def test_sqlite_four_workers_sixty_trials(tmp_path):
     """`nas search --workers 3` plus a fourth `nas worker` joining on its own: 60
