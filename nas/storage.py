@@ -134,8 +134,9 @@ def _quick_check(path: Path, attempts: int = 3) -> str:
     Another worker may be committing meanwhile. Once, during a benchmark with
     three processes on one WAL file, a check reported "2nd reference to page"
     errors on a file that checked "ok" before and after and that every process
-    went on using (not reproduced since, cause unknown). A real corruption
-    persists, so a failed check is repeated, a second apart, before it counts."""
+    went on using (SQLite 3.40.1: the WAL-reset bug, see `journal_mode`). A real
+    corruption persists, so a failed check is repeated, a second apart, before
+    it counts."""
     result = "ok"
     for attempt in range(attempts):
         try:
@@ -158,22 +159,49 @@ def _quick_check(path: Path, attempts: int = 3) -> str:
     return result
 
 
-def _enable_wal(path: Path) -> None:
-    # WAL lets readers proceed while one writer commits, which is what several
-    # workers on one SQLite study do; the mode is stored in the file itself.
-    # Switching the mode needs the file to itself and SQLite answers "database is
-    # locked" at once, without waiting out the busy timeout, while another process
-    # is switching it or creating the schema (workers started together on a new
-    # file): retry for up to a minute.
-    deadline = time.monotonic() + 60
+def wal_is_safe(version: tuple[int, int, int] | None = None) -> bool:
+    """Whether SQLite `version` (default: the library Python uses) has the fix
+    for the WAL-reset bug: https://sqlite.org/wal.html#walresetbug (3.7.0 to
+    3.51.2 affected; fixed in 3.51.3, backported to 3.50.7 and 3.44.6). With
+    several connections writing and checkpointing one WAL file, a race can let a
+    reader see stale pages or a checkpoint skip pages (lost writes, corruption).
+    """
+    v = tuple(version or sqlite3.sqlite_version_info)[:3]
+    return v >= (3, 51, 3) or (3, 50, 7) <= v < (3, 51, 0) or (3, 44, 6) <= v < (3, 45, 0)
+
+
+def journal_mode() -> str:
+    """The journal mode studies get: WAL (readers go on while a worker commits)
+    where the SQLite library is free of the WAL-reset bug, else the rollback
+    journal. Our workers' transactions are all `BEGIN IMMEDIATE` and short, so
+    the rollback journal costs little; it was chosen after two benchmark runs
+    with 2-3 processes on one WAL file under SQLite 3.40.1 each read a
+    "malformed" database once (a reader saw pages that a check seconds later
+    found fine), which is what the bug does."""
+    return "wal" if wal_is_safe() else "delete"
+
+
+def _set_journal_mode(path: Path) -> None:
+    """Put the file in `journal_mode()`; the mode is stored in the file itself.
+
+    Changing it needs the file to itself, and SQLite answers "database is locked"
+    at once, without waiting out the busy timeout, while another process holds it
+    (workers started together, or a worker of an older nas still running on a WAL
+    file): the switch is retried for a few seconds, then the file keeps the mode
+    it has, the one every connection to it must use anyway.
+    """
+    wanted = journal_mode()
+    deadline = time.monotonic() + 5
     while True:
         con = sqlite3.connect(path, timeout=60)
         try:
-            con.execute("PRAGMA journal_mode=WAL")
+            con.execute(f"PRAGMA journal_mode={wanted}")
             return
         except sqlite3.OperationalError as e:
-            if "locked" not in str(e) or time.monotonic() > deadline:
+            if "locked" not in str(e):
                 raise
+            if time.monotonic() > deadline:
+                return
         finally:
             con.close()
         time.sleep(0.1)
@@ -192,8 +220,8 @@ def sqlite_engine_options() -> dict:
 def serialize_sqlite_writes(engine: Engine) -> None:
     """Every transaction on `engine` starts with BEGIN IMMEDIATE: it takes the
     database's write lock at once (waiting up to the busy timeout), so a read
-    followed by a write in one transaction is atomic across processes. WAL keeps
-    plain reads from other connections going meanwhile. Transactions are short
+    followed by a write in one transaction is atomic across processes. (In WAL
+    mode, plain reads from other connections go on meanwhile.) Transactions are short
     (one trial update each), so the serialisation costs little."""
     if getattr(engine, "_nas_immediate", False):
         return
@@ -212,8 +240,8 @@ def open_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.RDBStor
     path = sqlite_path(url)
     engine_kwargs: dict = {}
     if path is not None:
-        _enable_wal(path)
-        # Wait for a lock rather than fail at once; with WAL, writers are short.
+        _set_journal_mode(path)
+        # Wait for a lock rather than fail at once; writers are short.
         engine_kwargs = sqlite_engine_options()
     else:
         engine_kwargs = {"pool_pre_ping": True}

@@ -200,3 +200,47 @@ def test_sigkill_one_worker_then_the_whole_group_then_resume(tmp_path):
     assert optuna.trial.TrialState.RUNNING not in states and optuna.trial.TrialState.WAITING not in states
     assert sum(s in FINISHED for s in states) >= 8
     assert integrity(db) == "ok"
+
+
+# ---- the journal mode: WAL only where SQLite has the WAL-reset fix -----------------
+def test_wal_only_with_a_sqlite_free_of_the_wal_reset_bug():
+    from nas.storage import wal_is_safe
+
+    # https://sqlite.org/wal.html#walresetbug: 3.7.0 to 3.51.2 affected, fixed in
+    # 3.51.3 and in the 3.50.7 and 3.44.6 backports.
+    for version, safe in [((3, 40, 1), False), ((3, 51, 2), False), ((3, 51, 3), True), ((3, 52, 0), True),
+                          ((4, 0, 0), True), ((3, 50, 6), False), ((3, 50, 7), True), ((3, 44, 5), False),
+                          ((3, 44, 6), True), ((3, 45, 0), False), ((3, 7, 0), False)]:
+        assert wal_is_safe(version) is safe, version
+
+
+def _file_journal_mode(db: Path) -> str:
+    con = sqlite3.connect(db)
+    try:
+        return con.execute("PRAGMA journal_mode").fetchone()[0]
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("safe", [False, True])
+def test_study_files_get_the_journal_mode_of_the_library(tmp_path, monkeypatch, safe):
+    import nas.storage
+    from nas.storage import open_storage
+
+    monkeypatch.setattr(nas.storage, "wal_is_safe", lambda version=None: safe)
+    db = tmp_path / "j.db"
+    url = f"sqlite:///{db}"
+    study = optuna.create_study(study_name="j", storage=open_storage(url, heartbeat=False))
+    study.enqueue_trial({"x": 1})
+    assert _file_journal_mode(db) == ("wal" if safe else "delete")
+    # A file left in WAL mode (by an older nas) goes to the rollback journal on the
+    # next open when the library has the bug, with its trials intact.
+    if not safe:
+        con = sqlite3.connect(db)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.close()
+        assert _file_journal_mode(db) == "wal"
+        storage = open_storage(url, heartbeat=False)
+        assert _file_journal_mode(db) == "delete"
+        assert len(optuna.load_study(study_name="j", storage=storage).trials) == 1
+        assert integrity(db) == "ok"
