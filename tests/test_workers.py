@@ -41,12 +41,17 @@ def load(url: str, study: str) -> optuna.Study:
     return optuna.load_study(study_name=study, storage=url)
 
 
-def integrity(db: Path) -> str:
+def pragma(db: Path, name: str) -> str:
+    """`PRAGMA name` of `db`, read through a connection of its own."""
     con = sqlite3.connect(db)
     try:
-        return con.execute("PRAGMA integrity_check").fetchone()[0]
+        return con.execute(f"PRAGMA {name}").fetchone()[0]
     finally:
         con.close()
+
+
+def integrity(db: Path) -> str:
+    return pragma(db, "integrity_check")
 
 
 def assert_numbers_dense(study: optuna.Study) -> None:
@@ -214,14 +219,6 @@ def test_wal_only_with_a_sqlite_free_of_the_wal_reset_bug():
         assert wal_is_safe(version) is safe, version
 
 
-def _file_journal_mode(db: Path) -> str:
-    con = sqlite3.connect(db)
-    try:
-        return con.execute("PRAGMA journal_mode").fetchone()[0]
-    finally:
-        con.close()
-
-
 @pytest.mark.parametrize("safe", [False, True])
 def test_study_files_get_the_journal_mode_of_the_library(tmp_path, monkeypatch, safe):
     import nas.storage
@@ -232,15 +229,15 @@ def test_study_files_get_the_journal_mode_of_the_library(tmp_path, monkeypatch, 
     url = f"sqlite:///{db}"
     study = optuna.create_study(study_name="j", storage=open_storage(url, heartbeat=False))
     study.enqueue_trial({"x": 1})
-    assert _file_journal_mode(db) == ("wal" if safe else "delete")
+    assert pragma(db, "journal_mode") == ("wal" if safe else "delete")
     # A file left in WAL mode (by an older nas) goes to the rollback journal on the
     # next open when the library has the bug, with its trials intact.
     if not safe:
         con = sqlite3.connect(db)
         con.execute("PRAGMA journal_mode=WAL")
         con.close()
-        assert _file_journal_mode(db) == "wal"
+        assert pragma(db, "journal_mode") == "wal"
         storage = open_storage(url, heartbeat=False)
-        assert _file_journal_mode(db) == "delete"
+        assert pragma(db, "journal_mode") == "delete"
         assert len(optuna.load_study(study_name="j", storage=storage).trials) == 1
         assert integrity(db) == "ok"

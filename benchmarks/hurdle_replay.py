@@ -1,0 +1,104 @@
+"""What would the hurdles have cut, and lost, on fitness curves already recorded?
+
+Reads every fully trained trial (COMPLETE, with a fitness at each of the given
+stages) from the studies of a benchmark database (e.g. the one
+`benchmarks/search.py --db` keeps: its no-hurdle runs train every feasible
+candidate through all stages), one curve per distinct architecture. Then, for
+many random orders of N of those architectures, it replays the curves through
+the real `ProgressiveHurdlePruner` (an in-memory Optuna study: report the
+fitness at each stage, stop where the pruner says so) and prints, per setting:
+
+- the mean cut: N x the last stage over the steps spent with hurdles;
+- how often the best final fitness with hurdles fell more than 1% below the
+  best of the same N architectures all trained through (the best was pruned).
+
+This isolates the hurdle rule from the sampler: the orders are random, so no
+evolution is involved, and no training is run (seconds, not hours).
+
+    python benchmarks/hurdle_replay.py --db search.db --stages 50,133,400 --min-trials 2 3 5 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import optuna  # noqa: E402
+
+from nas.hurdles import ProgressiveHurdlePruner  # noqa: E402
+
+
+def recorded_curves(url: str, stages: tuple[int, ...]) -> list[tuple[float, ...]]:
+    """One fitness curve (at `stages`) per distinct fully trained architecture."""
+    curves: dict[str, tuple[float, ...]] = {}
+    for summary in optuna.get_all_study_summaries(url):
+        study = optuna.load_study(study_name=summary.study_name, storage=url)
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            iv = t.intermediate_values
+            if all(s in iv for s in stages):
+                key = t.user_attrs.get("arch_hash") or json.dumps(t.params, sort_keys=True)
+                curves[key] = tuple(float(iv[s]) for s in stages)
+    return list(curves.values())
+
+
+def replay(curves: list[tuple[float, ...]], stages: tuple[int, ...], min_trials: int) -> tuple[int, float]:
+    """Steps spent and best final fitness when `curves`, in this order, meet the hurdles."""
+    pruner = ProgressiveHurdlePruner(stages=stages, min_trials=min_trials)
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    spent, best = 0, float("-inf")
+    for curve in curves:
+        trial = study.ask()
+        for step, value in zip(stages, curve):
+            trial.report(value, step)
+            spent_here = step
+            if step < stages[-1] and trial.should_prune():
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                break
+        else:
+            study.tell(trial, curve[-1])
+            best = max(best, curve[-1])
+        spent += spent_here
+    return spent, best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--db", required=True, help="SQLite file with recorded studies")
+    ap.add_argument("--stages", default="50,133,400", help="stages to replay (the curves must hold them all)")
+    ap.add_argument("--min-trials", type=int, nargs="+", default=[2, 3, 5, 8])
+    ap.add_argument("--n", type=int, default=35, help="architectures per replayed search")
+    ap.add_argument("--orders", type=int, default=300)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    stages = tuple(int(s) for s in args.stages.split(","))
+    url = f"sqlite:///{Path(args.db).resolve()}"
+    curves = recorded_curves(url, stages)
+    if len(curves) < args.n:
+        raise SystemExit(f"only {len(curves)} fully trained architectures at stages {stages} in {args.db}; lower --n")
+    finals = np.array([c[-1] for c in curves])
+    print(f"{len(curves)} distinct fully trained architectures; final fitness p50 {np.median(finals):.3f}, "
+          f"p90 {np.percentile(finals, 90):.3f}, max {finals.max():.3f}; {args.orders} random orders of {args.n}\n")
+    print("| stages | min_trials | cut (mean) | best lost by > 1% |")
+    print("|---|---|---|---|")
+    rng = np.random.default_rng(args.seed)
+    orders = [rng.choice(len(curves), args.n, replace=False) for _ in range(args.orders)]
+    for m in args.min_trials:
+        cuts, lost = [], 0
+        for order in orders:
+            chosen = [curves[i] for i in order]
+            spent, best = replay(chosen, stages, m)
+            full_best = max(c[-1] for c in chosen)
+            cuts.append(args.n * stages[-1] / spent)
+            lost += best < full_best * 0.99
+        print(f"| {','.join(map(str, stages))} | {m} | {statistics.fmean(cuts):.2f}x | {lost / len(orders):.0%} |")
+
+
+if __name__ == "__main__":
+    main()
