@@ -365,6 +365,8 @@ class _Progress:
         attrs = trial.user_attrs
         state = trial.state.name
         what = attrs.get("stopped") or attrs.get("failure_message") or attrs.get("failure") or ""
+        if not what and "replayed_from" in attrs:
+            what = f"replayed trial {attrs['replayed_from']} (same architecture, not trained again)"
         value = "" if trial.value is None else f"fitness {trial.value:.4f}"
         lat = f"{attrs['latency_ms']:.3f} ms" if "latency_ms" in attrs else ""
         best_s = "none feasible yet" if best is None else f"best {best.value:.4f} @ {best.user_attrs.get('latency_ms', math.nan):.3f} ms (trial {best.number})"

@@ -219,3 +219,17 @@ def test_replay_of_a_twin_that_stopped_early_trains_the_rest(tmp_path):
     assert second.state == optuna.trial.TrialState.COMPLETE
     assert second.user_attrs["replayed_from"] == 0 and second.user_attrs["steps_spent"] == 8
     assert second.intermediate_values == ref.intermediate_values
+
+
+def test_progress_line_says_a_trial_was_replayed(tmp_path):
+    from nas.search import _Progress
+
+    first, second = _run_enqueued(tmp_path, "line", 2, optuna.pruners.NopPruner())
+    study = optuna.load_study(study_name="line", storage=default_url("line", tmp_path))
+    out = io.StringIO()
+    progress = _Progress(study, 2, out)
+    progress.update(study, first)
+    progress.update(study, second)
+    lines = out.getvalue().splitlines()
+    assert "replayed" not in lines[0]
+    assert "replayed trial 0" in lines[1]
