@@ -43,8 +43,8 @@ def show(study: optuna.Study, *, top: int = 10, out: TextIO = sys.stdout) -> Non
     trials = study.get_trials(deepcopy=False)
     steps = sum(steps_spent(t) for t in trials)
     replays = sum("replayed_from" in t.user_attrs for t in trials)
-    print(f"training steps spent: {steps}" + (f" ({replays} trials replayed an architecture trained before)" if replays else ""),
-          file=out)
+    replayed = f" ({replays} {'trial' if replays == 1 else 'trials'} replayed an architecture trained before)"
+    print(f"training steps spent: {steps}" + (replayed if replays else ""), file=out)
 
 
 def plot(study: optuna.Study, path: str) -> None:
