@@ -15,7 +15,7 @@ machine changes speed in episodes (on the 2-vCPU VM this was built on, a fixed
 measurement that straddles one has a wide spread, and more passes move its
 median back to the usual speed (Kendall tau between two passes over 20
 architectures, `benchmarks/latency.py`: 0.863-0.958 without the rule, below 0.9
-in 4 of 7 runs; 0.895-0.979 with it, below 0.9 in 1 of 10):
+in 4 of 7 runs; 0.895-0.979 with it, below 0.9 in 1 of 12):
 
 - CUDA: a pair of CUDA events around the pass, the queue drained before each
   pass and the end event synchronised after it, so a sample is the GPU-timeline

@@ -42,6 +42,13 @@ The rule, for a single-objective study (``study.direction`` respected):
    - a parameter the parent lacks (a new layer after ``depth`` grew, a knob of
      a newly chosen attention kind) or whose old value no longer fits: random.
 
+   If the child these marks give (parent's values with the marked ones re-drawn,
+   as above) has exactly the parameters of a trial already in the study, the
+   marks are chosen again, up to 8 times: a repeat teaches the search nothing.
+   (The check is exact for marks that keep the conditional structure; a child
+   whose structure changes is not checked. The objective replays a repeat that
+   gets through anyway, see `nas.objective`.)
+
 The decisions are stored in the child's system attrs, so they survive in
 storage and the lineage is visible in any Optuna tool:
 ``evolution:parent`` (the parent's trial number, ``None`` for a random or
@@ -87,6 +94,7 @@ MUTATED_KEY = "evolution:mutated"
 
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 _MAX_REDRAWS = 32
+_MUTATION_ATTEMPTS = 8  # mutation choices tried before a repeat of a known trial is accepted
 _CACHE_SIZE = 64  # plans of trials in flight (one per thread or so)
 
 
@@ -221,6 +229,11 @@ class EvolutionSampler(BaseSampler):
             parent = max(contestants, key=lambda t: self.fitness(study, t))
             parent_number = parent.number
             mutated = self._choose_mutations(parent, rng)
+            seen = [t.params for t in study.get_trials(deepcopy=False) if t.number != trial.number and t.params]
+            for attempt in range(1, _MUTATION_ATTEMPTS):
+                if self._child_params(trial, parent, mutated) not in seen:
+                    break
+                mutated = self._choose_mutations(parent, self._rng(trial.number, "mutate", attempt))
 
         study._storage.set_trial_system_attr(trial._trial_id, PARENT_KEY, parent_number)
         study._storage.set_trial_system_attr(trial._trial_id, MUTATED_KEY, mutated)
@@ -234,6 +247,16 @@ class EvolutionSampler(BaseSampler):
         if not mutated and changeable:
             mutated = [changeable[int(rng.integers(len(changeable)))]]
         return mutated
+
+    def _child_params(self, trial: FrozenTrial, parent: FrozenTrial, mutated: list[str]) -> dict[str, Any]:
+        """The parent's parameters as the child will draw them with `mutated`
+        marked (the same draws `sample_independent` makes). Exact when the marked
+        parameters leave the conditional structure as it is; otherwise the child
+        asks for other names and this dict equals no trial's parameters."""
+        return {
+            name: value if name not in mutated else self._random_other(trial, name, parent.distributions[name], value)
+            for name, value in parent.params.items()
+        }
 
     def _parent_and_mutations(
         self, study: Study, trial: FrozenTrial

@@ -486,3 +486,34 @@ def test_lineage_points_to_earlier_finished_trials_and_search_improves() -> None
     first = max(t.value for t in study.trials[:10])
     last = sorted(t.value for t in study.trials[-10:])[5]  # median of the last 10 children
     assert study.best_value >= first and last >= first - 0.5
+
+
+# ---- repeats of known trials --------------------------------------------------------
+def _two_bits(trial: optuna.Trial) -> float:
+    return trial.suggest_categorical("x", [0, 1]) + 10 * trial.suggest_categorical("y", [0, 1])
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_child_that_repeats_a_known_trial_is_mutated_otherwise(seed):
+    # Population 1 (the parent is the latest trial, (x=1, y=0)) and one mark per
+    # child: flipping x gives (0, 0), which trial 0 already holds, flipping y gives
+    # the new (1, 1). Left to chance, half the seeds would repeat trial 0.
+    sampler = EvolutionSampler(population_size=1, tournament_size=1, mutation_prob=0.0, seed=seed)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.enqueue_trial({"x": 0, "y": 0})
+    study.enqueue_trial({"x": 1, "y": 0})
+    study.optimize(_two_bits, n_trials=3)
+    child = study.trials[2]
+    assert study.trials[2].system_attrs[PARENT_KEY] == 1
+    assert child.params == {"x": 1, "y": 1}
+
+
+def test_a_repeat_is_accepted_when_every_child_repeats():
+    # Parent (1, 0) again, but both of its one-mark children exist already: the
+    # sampler still proposes one of them (the objective replays it) and goes on.
+    sampler = EvolutionSampler(population_size=1, tournament_size=1, mutation_prob=0.0, seed=0)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    for params in ({"x": 0, "y": 0}, {"x": 1, "y": 1}, {"x": 1, "y": 0}):
+        study.enqueue_trial(params)
+    study.optimize(_two_bits, n_trials=4)
+    assert study.trials[3].params in ({"x": 0, "y": 0}, {"x": 1, "y": 1})
