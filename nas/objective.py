@@ -198,9 +198,8 @@ class Objective:
         # 2. The same architecture trained before in this study, with the same seed
         #    (hence the same weights and fitness at every stage): replay its reports.
         replayed = self._replay(trial, spec)
-        if replayed is not None and self.stages[-1] in replayed:
+        if self.stages[-1] in replayed:
             return replayed[self.stages[-1]]
-        replayed = replayed or {}
 
         # 3. Train in stages; each stage's fitness goes to the pruner (the hurdles).
         torch.manual_seed(self.seed)
@@ -249,27 +248,26 @@ class Objective:
         thread count; on GPU up to non-deterministic kernels). Evolution proposes
         an architecture it already evaluated for about one trial in six.
         """
-        h = spec.content_hash()
+        wanted = (spec.content_hash(), self.seed, device_label(self.device, self.threads))
         best = None
         for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
                                                                 optuna.trial.TrialState.PRUNED)):
             a = t.user_attrs
-            if (t.number != trial.number and a.get("arch_hash") == h and a.get("seed") == self.seed
-                    and a.get("device") == device_label(self.device, self.threads)
+            if (t.number != trial.number and (a.get("arch_hash"), a.get("seed"), a.get("device")) == wanted
                     and t.intermediate_values and "failure" not in a
                     and (best is None or len(t.intermediate_values) > len(best.intermediate_values))):
                 best = t
         return best
 
-    def _replay(self, trial: optuna.Trial, spec: ArchSpec) -> dict[int, float] | None:
+    def _replay(self, trial: optuna.Trial, spec: ArchSpec) -> dict[int, float]:
         """Report the twin's fitness at each stage it reached, with the pruner's
         decision after each (the hurdles in force now, not those the twin met).
-        Returns the replayed {step: fitness}, or None when there is no twin. If the
+        Returns the replayed {step: fitness}, empty when there is no twin. If the
         twin stopped before this trial must go on, the caller trains it, from
         scratch (the twin's weights at its last stage are not kept)."""
         twin = self.twin(trial, spec)
         if twin is None:
-            return None
+            return {}
         trial.set_user_attr("replayed_from", twin.number)
         trial.set_user_attr("steps_spent", 0)
         for key in ("params", "metrics"):
