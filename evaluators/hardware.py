@@ -11,7 +11,8 @@ the spread is at most `target_cv`, bounded by a ceiling of passes and a
 wall-clock ceiling on the whole call. Each sample is one forward pass; the
 result is their median and spread. The spread rule is there because a shared
 machine changes speed in episodes (on the 2-vCPU VM this was built on, a fixed
-256x256 matmul ran ~15% slower for 0.1-0.2 s about once a second): a
+256x256 matmul ran ~15% slower for 0.1-0.2 s about once a second at one time;
+`benchmarks/machine_drift.py` shows it for yours): a
 measurement that straddles one has a wide spread, and more passes move its
 median back to the usual speed (Kendall tau between two passes over 20
 architectures, `benchmarks/latency.py`: 0.863-0.958 without the rule, below 0.9
