@@ -10,12 +10,20 @@ fitness at each stage, stop where the pruner says so) and prints, per setting:
 
 - the mean cut: N x the last stage over the steps spent with hurdles;
 - how often the best final fitness with hurdles fell more than 1% below the
-  best of the same N architectures all trained through (the best was pruned).
+  best of the same N architectures all trained through (the best was pruned);
+- where the trials after the first `min_trials` stopped (share per stage), in
+  the random orders and, with --searched PREFIX, in the recorded studies whose
+  names start with PREFIX (e.g. the search benchmark's evolution+hurdles runs);
+
+and, about the curves themselves, where the mean fitness at the first stage
+sits among them (its percentile) and where the "solvers" (final fitness above
+--solved) sat at the first stage.
 
 This isolates the hurdle rule from the sampler: the orders are random, so no
 evolution is involved, and no training is run (seconds, not hours).
 
-    python benchmarks/hurdle_replay.py --db search.db --stages 50,133,400 --min-trials 2 3 5 8
+    python benchmarks/hurdle_replay.py --db search.db --stages 50,133,400 --min-trials 2 3 5 8 \
+        --searched evolution_hurdles
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import argparse
 import json
 import statistics
 import sys
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -47,12 +56,15 @@ def recorded_curves(url: str, stages: tuple[int, ...]) -> list[tuple[float, ...]
     return list(curves.values())
 
 
-def replay(curves: list[tuple[float, ...]], stages: tuple[int, ...], min_trials: int) -> tuple[int, float]:
-    """Steps spent and best final fitness when `curves`, in this order, meet the hurdles."""
+def replay(curves: list[tuple[float, ...]], stages: tuple[int, ...], min_trials: int,
+           stops: Counter | None = None) -> tuple[int, float]:
+    """Steps spent and best final fitness when `curves`, in this order, meet the
+    hurdles; the stage where each trial after the first `min_trials` stopped is
+    counted into `stops`."""
     pruner = ProgressiveHurdlePruner(stages=stages, min_trials=min_trials)
     study = optuna.create_study(direction="maximize", pruner=pruner)
     spent, best = 0, float("-inf")
-    for curve in curves:
+    for number, curve in enumerate(curves):
         trial = study.ask()
         for step, value in zip(stages, curve):
             trial.report(value, step)
@@ -64,7 +76,26 @@ def replay(curves: list[tuple[float, ...]], stages: tuple[int, ...], min_trials:
             study.tell(trial, curve[-1])
             best = max(best, curve[-1])
         spent += spent_here
+        if stops is not None and number >= min_trials:
+            stops[spent_here] += 1
     return spent, best
+
+
+def searched_stops(url: str, prefix: str, min_trials: int) -> Counter:
+    """Where the trials after the first `min_trials` (of those that trained at all)
+    stopped, in the recorded studies whose names start with `prefix`."""
+    stops: Counter = Counter()
+    for summary in optuna.get_all_study_summaries(url):
+        if summary.study_name.startswith(prefix):
+            study = optuna.load_study(study_name=summary.study_name, storage=url)
+            trained = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished() and t.intermediate_values]
+            stops.update(max(t.intermediate_values) for t in trained[min_trials:])
+    return stops
+
+
+def shares(stops: Counter, stages: tuple[int, ...]) -> str:
+    n = sum(stops.values())
+    return ", ".join(f"{s}: {stops[s] / n:.0%}" for s in stages) if n else "none"
 
 
 def main() -> None:
@@ -75,6 +106,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=35, help="architectures per replayed search")
     ap.add_argument("--orders", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--solved", type=float, default=0.9, help="final fitness above which a curve counts as a solver")
+    ap.add_argument("--searched", default=None, help="study-name prefix of recorded runs with hurdles, to compare")
+    ap.add_argument("--searched-min-trials", type=int, default=5, help="the min_trials those runs used")
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     stages = tuple(int(s) for s in args.stages.split(","))
@@ -85,19 +119,30 @@ def main() -> None:
     finals = np.array([c[-1] for c in curves])
     print(f"{len(curves)} distinct fully trained architectures; final fitness p50 {np.median(finals):.3f}, "
           f"p90 {np.percentile(finals, 90):.3f}, max {finals.max():.3f}; {args.orders} random orders of {args.n}\n")
-    print("| stages | min_trials | cut (mean) | best lost by > 1% |")
-    print("|---|---|---|---|")
+    first = np.array([c[0] for c in curves])
+    pct = lambda x: (first < x).mean()  # noqa: E731
+    solvers = sorted(pct(c[0]) for c in curves if c[-1] > args.solved)
+    print(f"fitness at step {stages[0]}: the mean sits at the {pct(first.mean()):.0%} percentile; "
+          f"{len(solvers)} solvers (final > {args.solved}) sat at percentiles "
+          + ", ".join(f"{p:.0%}" for p in solvers) + "\n")
+    print("| stages | min_trials | cut (mean) | best lost by > 1% | stopped at (random orders) |")
+    print("|---|---|---|---|---|")
     rng = np.random.default_rng(args.seed)
     orders = [rng.choice(len(curves), args.n, replace=False) for _ in range(args.orders)]
     for m in args.min_trials:
-        cuts, lost = [], 0
+        cuts, lost, stops = [], 0, Counter()
         for order in orders:
             chosen = [curves[i] for i in order]
-            spent, best = replay(chosen, stages, m)
+            spent, best = replay(chosen, stages, m, stops)
             full_best = max(c[-1] for c in chosen)
             cuts.append(args.n * stages[-1] / spent)
             lost += best < full_best * 0.99
-        print(f"| {','.join(map(str, stages))} | {m} | {statistics.fmean(cuts):.2f}x | {lost / len(orders):.0%} |")
+        print(f"| {','.join(map(str, stages))} | {m} | {statistics.fmean(cuts):.2f}x | {lost / len(orders):.0%} "
+              f"| {shares(stops, stages)} |")
+    if args.searched:
+        m = args.searched_min_trials
+        print(f"\nrecorded studies {args.searched}*: trials after the first {m} stopped at "
+              f"{shares(searched_stops(url, args.searched, m), stages)}")
 
 
 if __name__ == "__main__":
