@@ -1,16 +1,22 @@
-"""Search strategies at equal trial count, compared on training steps spent.
+"""Search strategies compared on training steps spent, at equal step budget.
 
-Runs, for each seed, four searches of N trials on the default task and space
-under one latency budget:
+Runs, for each seed, four searches on the default task and space under one
+latency budget, each until it has spent --step-budget training steps (or, with
+--trials instead, for N trials each):
   evolution+hurdles   EvolutionSampler + ProgressiveHurdlePruner
   evolution           EvolutionSampler, every feasible candidate fully trained
   tpe                 Optuna's TPESampler, fully trained
   random              Optuna's RandomSampler, fully trained
 and prints best feasible fitness against cumulative training steps, the total
-steps, and the two ratios the hurdles are judged by:
-  - steps(evolution) / steps(evolution+hurdles), with the best fitness of both;
+steps, and the ratios the hurdles are judged by:
+  - the cut at equal fitness: evolution's total steps over the steps
+    evolution+hurdles needed to reach evolution's final best within 1%;
+  - the cut at equal trial count: evolution's total steps over those of
+    evolution+hurdles' first as many trials, with the best fitness of both;
   - steps evolution+hurdles needed to reach random search's final best, as a
     fraction of random's total steps.
+With a step budget, hurdles spend fewer steps per trial and so run more trials:
+the comparison the Evolved Transformer made (So et al. 2019, section 3).
 
 All studies share one SQLite file, hence one measurement cache: an architecture
 has the same measured latency in every run, so the strategies face exactly the
@@ -27,7 +33,7 @@ writers; the measurement cache is then shared): give each process its
 --seeds and the same --latency-ms, then run once more with all seeds and the
 same arguments: finished studies are only read back, and the tables cover all.
 
-    python benchmarks/search.py --seeds 0 1 2 --trials 20 --steps 400
+    python benchmarks/search.py --seeds 0 1 2 --step-budget 16000 --steps 400
 """
 
 from __future__ import annotations
@@ -88,7 +94,8 @@ def best_within(traj: list[tuple[int, float | None]], budget: int) -> float | No
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--trials", type=int, default=30)
+    ap.add_argument("--step-budget", type=int, default=None, help="training steps each run may spend (the default mode)")
+    ap.add_argument("--trials", type=int, default=None, help="trials per run instead of a step budget")
     ap.add_argument("--steps", type=int, default=240, help="steps of a fully trained candidate")
     ap.add_argument("--stages", default=None, help="hurdle stages, default steps/8, steps/3, steps")
     ap.add_argument("--latency-ms", type=float, default=None)
@@ -96,6 +103,8 @@ def main() -> None:
     ap.add_argument("--warm-start", action="store_true", help="enqueue the vanilla transformer first, as nas search does")
     ap.add_argument("--db", default=None, help="SQLite file to keep (default: a temporary one)")
     args = ap.parse_args()
+    if args.trials is None and args.step_budget is None:
+        args.step_budget = 40 * args.steps  # what 40 fully trained candidates cost
     db = Path(args.db) if args.db else Path(tempfile.mkdtemp()) / "bench.db"
     url = f"sqlite:///{db}"
     stages = tuple(int(s) for s in args.stages.split(",")) if args.stages else None
@@ -106,7 +115,7 @@ def main() -> None:
     for seed in args.seeds:
         for method in args.methods:
             name = f"{method.replace('+', '_')}-s{seed}"
-            cfg = SearchConfig(study=name, storage=url, trials=args.trials, seed=seed, steps=args.steps,
+            cfg = SearchConfig(study=name, storage=url, trials=args.trials, step_budget=args.step_budget, seed=seed, steps=args.steps,
                                stages=stages, latency_ms=budget, warm_start=args.warm_start, **METHODS[method])
             t0 = time.time()
             search = Search(cfg, log=io.StringIO())
@@ -117,15 +126,17 @@ def main() -> None:
             print(f"seed {seed} {method:<18} trials {len(traj):>3}  steps {traj[-1][0]:>6}  "
                   f"best {traj[-1][1] if traj[-1][1] is not None else float('nan'):.4f}  ({time.time() - t0:.0f} s)",
                   flush=True)
-    print(f"\nbudget {budget:.3f} ms per batch; {args.trials} trials per run; seeds {args.seeds}; "
+    limit = f"{args.step_budget} training steps" if args.step_budget else f"{args.trials} trials"
+    print(f"\nbudget {budget:.3f} ms per batch; {limit} per run; seeds {args.seeds}; "
           f"total {time.time() - t_start:.0f} s\n")
-    print("| method | total training steps (mean) | best feasible fitness (mean) | per seed: steps / best |")
-    print("|---|---|---|---|")
+    print("| method | trials (mean) | total training steps (mean) | best feasible fitness (mean) | per seed: steps / best |")
+    print("|---|---|---|---|---|")
     for method, runs in results.items():
         steps = [r[-1][0] for r in runs]
         bests = [r[-1][1] or 0.0 for r in runs]
         per = "; ".join(f"{s} / {b:.4f}" for s, b in zip(steps, bests))
-        print(f"| {method} | {statistics.mean(steps):.0f} | {statistics.mean(bests):.4f} | {per} |")
+        print(f"| {method} | {statistics.mean(len(r) for r in runs):.1f} | {statistics.mean(steps):.0f} | "
+              f"{statistics.mean(bests):.4f} | {per} |")
     # The same runs read at equal training-step budgets: best fitness each method had
     # found by the time it had spent S steps (mean over seeds; a seed with no fully
     # trained feasible trial by then counts as "-" and is left out of the mean).
@@ -142,19 +153,57 @@ def main() -> None:
         print(f"| {method} | " + " | ".join(cells) + " |")
     if "evolution+hurdles" in results and "evolution" in results:
         h, e = results["evolution+hurdles"], results["evolution"]
-        cut = statistics.mean(e_r[-1][0] for e_r in e) / statistics.mean(h_r[-1][0] for h_r in h)
-        gap = statistics.mean((e_r[-1][1] or 0) - (h_r[-1][1] or 0) for h_r, e_r in zip(h, e))
-        rel = gap / max(1e-9, statistics.mean(e_r[-1][1] or 0 for e_r in e))
-        print(f"\nhurdles cut training steps {cut:.2f}x; best fitness without hurdles minus with: "
-              f"{gap:+.4f} ({rel * 100:+.2f}% of the no-hurdle best)")
+        print()
+        print(equal_fitness_cut(h, e))
+        print(equal_trials_cut(h, e))
     if "evolution+hurdles" in results and "random" in results:
-        fracs = []
-        for h_r, r_r in zip(results["evolution+hurdles"], results["random"]):
-            target = r_r[-1][1]
-            reach = steps_to_reach(h_r, target) if target is not None else None
-            fracs.append(None if reach is None else reach / r_r[-1][0])
-        shown = ", ".join("never" if f is None else f"{f:.2f}" for f in fracs)
-        print(f"evolution+hurdles reached random search's final best after this fraction of random's steps, per seed: {shown}")
+        for tol, what in ((0.0, "exactly"), (0.01, "within 1%")):
+            print(reach_fraction(results["evolution+hurdles"], results["random"], tol, what))
+
+
+Traj = list[tuple[int, float | None]]
+
+
+def _ratio(num: list[int], den: list[int | None]) -> str:
+    """mean(num) / mean(den), or why there is none (a seed that never got there)."""
+    if any(d is None for d in den):
+        return "undefined (" + ", ".join(f"run {i + 1} never" for i, d in enumerate(den) if d is None) + ")"
+    return f"{statistics.mean(num) / statistics.mean(den):.2f}x"
+
+
+def equal_fitness_cut(h: list[Traj], e: list[Traj]) -> str:
+    """Evolution's total steps over the steps evolution+hurdles spent to reach
+    evolution's final best within 1%, per seed and as a ratio of the means."""
+    reach = [steps_to_reach(h_r, 0.99 * e_r[-1][1]) if e_r[-1][1] is not None else None for h_r, e_r in zip(h, e)]
+    per = ", ".join("never" if r is None else f"{e_r[-1][0] / r:.2f}x" for r, e_r in zip(reach, e))
+    return (f"cut at equal fitness (evolution's total steps / steps evolution+hurdles needed to come within 1% of "
+            f"evolution's final best): {_ratio([e_r[-1][0] for e_r in e], reach)}; per seed {per}")
+
+
+def equal_trials_cut(h: list[Traj], e: list[Traj]) -> str:
+    """Steps and best fitness of evolution+hurdles' first n trials, n = the trials evolution ran."""
+    e_steps, h_steps, gaps, e_best = [], [], [], []
+    for h_r, e_r in zip(h, e):
+        n = min(len(e_r), len(h_r))
+        e_steps.append(e_r[n - 1][0])
+        h_steps.append(h_r[n - 1][0])
+        e_best.append(e_r[n - 1][1] or 0.0)
+        gaps.append(e_best[-1] - (h_r[n - 1][1] or 0.0))
+    per = ", ".join(f"{a / max(1, b):.2f}x" for a, b in zip(e_steps, h_steps))
+    return (f"cut at equal trial count (the first n trials of both, n = evolution's): "
+            f"{_ratio(e_steps, h_steps)} (per seed {per}); "
+            f"best fitness without hurdles minus with: {statistics.mean(gaps):+.4f} "
+            f"({statistics.mean(gaps) / max(1e-9, statistics.mean(e_best)) * 100:+.2f}% of the no-hurdle best)")
+
+
+def reach_fraction(h: list[Traj], r: list[Traj], tol: float, what: str) -> str:
+    fracs = []
+    for h_r, r_r in zip(h, r):
+        target = r_r[-1][1]
+        reach = steps_to_reach(h_r, (1 - tol) * target) if target is not None else None
+        fracs.append(None if reach is None else reach / r_r[-1][0])
+    shown = ", ".join("never" if f is None else f"{f:.2f}" for f in fracs)
+    return f"evolution+hurdles reached random search's final best ({what}) after this fraction of random's steps, per seed: {shown}"
 
 
 if __name__ == "__main__":

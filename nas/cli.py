@@ -15,6 +15,7 @@ from typing import Sequence
 from nas.choices import PRUNERS, SAMPLERS
 
 EXIT_USAGE = 2
+DEFAULT_TRIALS = 30
 STORAGE_ENV = "NAS_STORAGE"  # `nas worker` reads its storage URL from here when --storage is not given
 
 
@@ -76,7 +77,12 @@ def _add_search_args(p: argparse.ArgumentParser, *, worker: bool) -> None:
     else:
         p.add_argument("--storage", help="database URL (default sqlite:///studies/NAME.db; postgresql://... for many machines)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto: cuda when there is one)")
-    p.add_argument("--trials", type=int, default=30, help="finished trials in total (resume counts those already done; default 30)")
+    p.add_argument("--trials", type=int, default=None,
+                   help=f"finished trials in total (resume counts those already done; default {DEFAULT_TRIALS}, "
+                        "or no limit when --step-budget is given)")
+    p.add_argument("--step-budget", type=_positive_int, metavar="STEPS",
+                   help="training steps the study may spend in total, all trials and workers together; no trial starts "
+                        "once they are spent (with --trials too, whichever comes first)")
     p.add_argument("--sampler", default="evolution", choices=SAMPLERS)
     p.add_argument("--pruner", default="hurdles", choices=PRUNERS)
     p.add_argument("--seed", type=int, default=0)
@@ -122,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def trials_limit(args: argparse.Namespace) -> int | None:
+    """--trials as given; if neither it nor --step-budget is, the default count."""
+    if args.trials is None and args.step_budget is None:
+        return DEFAULT_TRIALS
+    return args.trials
+
+
 def _search_config(args: argparse.Namespace, argv: Sequence[str]):
     from nas.export import command_line
     from nas.search import SearchConfig
@@ -129,7 +142,7 @@ def _search_config(args: argparse.Namespace, argv: Sequence[str]):
     return SearchConfig(
         study=args.study, storage=args.storage, space=args.space, task=args.task,
         task_options=_task_options(args.task_option), latency_ms=args.latency_ms, memory_mb=args.memory_mb,
-        trials=args.trials, sampler=args.sampler, pruner=args.pruner, device=args.device, seed=args.seed,
+        trials=trials_limit(args), step_budget=args.step_budget, sampler=args.sampler, pruner=args.pruner, device=args.device, seed=args.seed,
         steps=args.steps, stages=args.stages, population=args.population, tournament=args.tournament,
         mutation_prob=args.mutation_prob, hurdle_trials=args.hurdle_trials, warm_start=not args.no_warm_start,
         command=command_line(list(argv)), measure_threads=args.measure_threads,

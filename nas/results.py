@@ -39,6 +39,13 @@ def steps_spent(trial: FrozenTrial) -> int:
     return int(a.get("steps_spent", a.get("steps_trained", 0)))
 
 
+def total_steps_spent(study: optuna.Study) -> int:
+    """Training steps the whole study has cost so far: every trial in any state
+    (a pruned or failed trial spent its steps too; a running one counts the
+    stages it has reached)."""
+    return sum(steps_spent(t) for t in study.get_trials(deepcopy=False))
+
+
 def fully_trained(study: optuna.Study) -> list[FrozenTrial]:
     """COMPLETE, feasible trials: trained through every stage."""
     return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))

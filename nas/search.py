@@ -1,4 +1,5 @@
-"""`nas search`: create or resume a study and run trials until it has N finished.
+"""`nas search`: create or resume a study and run trials until it has N finished,
+or until its trials have spent a given number of training steps.
 
 A study remembers what it searches (task, space, budget, device, stages) in its
 user attributes, so running the same command again resumes it, and running it
@@ -25,13 +26,17 @@ from evaluators.hardware import default_threads, resolve_device
 from evaluators.tasks import get_task
 from nas.choices import make_pruner, make_sampler
 from nas.objective import Budget, Measurement, Objective, measure, measure_key
-from nas.results import best_feasible, finished_count, summary_table
+from nas.results import best_feasible, finished_count, steps_spent, summary_table, total_steps_spent
 from nas.storage import STUDIES_DIR, check_storage, check_study_name, default_url, open_storage, redact, sqlite_path
 from nas.tables import Tables
 from search_spaces import ArchSpec, SearchSpace, SpecError, load_space
 
 CONFIG_ATTR = "nas:config"
 TRAIN_ATTR = "nas:train_options"  # e.g. {"lr": 0.01}: how every candidate is trained; workers read it from here
+# With only a step budget to stop it, a search whose trials train nothing (every
+# candidate a replay of one trained before, or over the hardware budget) would
+# never spend it: it stops after this many such trials in a row.
+IDLE_TRIALS_LIMIT = 50
 IDENTITY_KEYS = ("task", "space", "budget", "device", "stages", "measure_batch")
 
 
@@ -56,7 +61,8 @@ class SearchConfig:
     task_options: dict[str, Any] = field(default_factory=dict)
     latency_ms: float | None = None
     memory_mb: float | None = None
-    trials: int = 30
+    trials: int | None = 30
+    step_budget: int | None = None  # training steps the study may spend in total (None: no limit)
     sampler: str = "evolution"
     pruner: str = "hurdles"
     device: str = "auto"
@@ -111,6 +117,10 @@ class Search:
         check_study_name(cfg.study)
         if cfg.trials is not None and cfg.trials <= 0:
             raise SearchError(f"--trials must be a positive number of finished trials, got {cfg.trials}")
+        if cfg.step_budget is not None and cfg.step_budget <= 0:
+            raise SearchError(f"--step-budget must be a positive number of training steps, got {cfg.step_budget}")
+        if cfg.trials is None and cfg.step_budget is None:
+            raise SearchError("nothing limits the search; give --trials N, --step-budget STEPS or both")
         try:
             Budget(cfg.latency_ms, cfg.memory_mb)  # validates numbers before any work
         except ValueError as e:
@@ -275,8 +285,17 @@ class Search:
 
     def run(self, *, progress: bool = True, on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None) -> optuna.Study:
         """Run trials until the study has `cfg.trials` finished (COMPLETE or
-        PRUNED) trials in total. Failed trials (NaN, OOM, a killed worker) do not
-        count; after as many failures as the target the search stops and says so."""
+        PRUNED) trials in total, or until its trials have spent `cfg.step_budget`
+        training steps, whichever comes first. Failed trials (NaN, OOM, a killed
+        worker) do not count as finished; after as many failures as the target
+        (at least 10) the search stops and says so.
+
+        The step budget is checked before each trial starts, from storage (so a
+        resumed study continues to the same budget), and a trial runs to its end:
+        a study stops at most one trial's steps past the budget per worker. That
+        is how search strategies are compared at equal compute: hurdles spend
+        fewer steps per trial, hence run more trials within the same budget
+        (So et al. 2019, "The Evolved Transformer", section 3)."""
         study = self.load()
         inner = self.objective()
         worker = f"{socket.gethostname()}:{os.getpid()}"
@@ -293,15 +312,23 @@ class Search:
                 raise
 
         target = self.cfg.trials
+        step_budget = self.cfg.step_budget
         # A trial whose worker died (SIGKILL, power loss) stays RUNNING until some
         # worker notices its stale heartbeat: do it now, so it is re-queued (same
         # params) and retried by this run even if the target was reached meanwhile.
         _fail_stale_trials(study)
-        bar = _Progress(study, target, self.log if progress else None)
-        max_failures = max(target, 10)
+        bar = _Progress(study, target, step_budget, self.log if progress else None)
+        max_failures = max(target or 0, 10)
+
+        def reached(study: optuna.Study) -> bool:
+            return ((target is not None and finished_count(study) >= target)
+                    or (step_budget is not None and total_steps_spent(study) >= step_budget))
+
+        def idle(study: optuna.Study) -> bool:
+            return target is None and _idle_streak(study) >= IDLE_TRIALS_LIMIT
 
         def more_to_do(study: optuna.Study) -> bool:
-            return (finished_count(study) < target or _pending_retries(study)) and _failed_count(study) < max_failures
+            return ((not reached(study) and not idle(study)) or _pending_retries(study)) and _failed_count(study) < max_failures
 
         def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
             bar.update(study, trial)
@@ -314,12 +341,16 @@ class Search:
         # our progress line; Optuna's own warning would add a whole traceback per trial.
         optuna.logging.set_verbosity(optuna.logging.ERROR)
         while more_to_do(study):
-            remaining = max(target - finished_count(study), 0) + _pending_retries(study)
+            remaining = None if target is None else max(target - finished_count(study), 0) + _pending_retries(study)
             study.optimize(objective, n_trials=remaining, catch=(TrialFailure, SpecError),
                            callbacks=[callback], gc_after_trial=False)
         _fail_stale_trials(study)
         bar.close()
-        if finished_count(study) < target:
+        if idle(study) and not reached(study):
+            self._print(f"stopped: the last {IDLE_TRIALS_LIMIT} trials trained nothing (each repeated an architecture "
+                        f"trained before or was over the hardware budget), so the step budget would never be spent; "
+                        f"the space looks exhausted: widen it, raise the budget, or give --trials")
+        elif not reached(study):
             self._print(f"stopped after {_failed_count(study)} failed trials; see `nas show {self.cfg.study}` for their reasons")
         return study
 
@@ -336,6 +367,17 @@ def _pending_retries(study: optuna.Study) -> int:
     return sum("failed_trial" in t.system_attrs for t in waiting)
 
 
+def _idle_streak(study: optuna.Study) -> int:
+    """Finished trials in a row, newest first, that spent no training step."""
+    finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished() and t.state != optuna.trial.TrialState.FAIL]
+    streak = 0
+    for t in sorted(finished, key=lambda t: t.number, reverse=True):
+        if steps_spent(t) > 0:
+            break
+        streak += 1
+    return streak
+
+
 def _failed_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)))
 
@@ -349,11 +391,13 @@ def _space_dict(space: SearchSpace) -> dict[str, Any]:
 
 
 class _Progress:
-    """One line per finished trial and a running best: trials done / target,
-    best feasible fitness and its measured latency."""
+    """One line per finished trial and a running best: trials done / target (and
+    training steps spent / budget when there is one), best feasible fitness and
+    its measured latency."""
 
-    def __init__(self, study: optuna.Study, target: int, out: TextIO | None) -> None:
+    def __init__(self, study: optuna.Study, target: int | None, step_budget: int | None, out: TextIO | None) -> None:
         self.target = target
+        self.step_budget = step_budget
         self.out = out
         self.done = finished_count(study)
 
@@ -370,7 +414,10 @@ class _Progress:
         value = "" if trial.value is None else f"fitness {trial.value:.4f}"
         lat = f"{attrs['latency_ms']:.3f} ms" if "latency_ms" in attrs else ""
         best_s = "none feasible yet" if best is None else f"best {best.value:.4f} @ {best.user_attrs.get('latency_ms', math.nan):.3f} ms (trial {best.number})"
-        print(f"[{self.done:>3}/{self.target}] trial {trial.number:>3} {state:<8} {value:<15} {lat:<11} "
+        count = f"[{self.done:>3}/{self.target}]" if self.target is not None else f"[{self.done:>3}]"
+        if self.step_budget is not None:
+            count += f" [steps {total_steps_spent(study)}/{self.step_budget}]"
+        print(f"{count} trial {trial.number:>3} {state:<8} {value:<15} {lat:<11} "
               f"{attrs.get('attention_mix', ''):<28} {what[:100]:<0} | {best_s}", file=self.out, flush=True)
 
     def close(self) -> None:

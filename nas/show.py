@@ -9,7 +9,7 @@ from typing import TextIO
 import optuna
 
 from nas.errors import NasError
-from nas.results import HEADER, _row, fitness, format_table, is_feasible, pareto_front, steps_spent, summary_table
+from nas.results import HEADER, _row, fitness, format_table, is_feasible, pareto_front, summary_table, total_steps_spent
 from nas.storage import check_storage, default_url, open_storage, redact, sqlite_path
 
 
@@ -41,7 +41,7 @@ def show(study: optuna.Study, *, top: int = 10, out: TextIO = sys.stdout) -> Non
         print("\nhurdles (step: mean fitness of the first trials to reach it): "
               + (", ".join(f"{s}: {v:.4f}" for s, v in sorted(h.items())) or "none set yet"), file=out)
     trials = study.get_trials(deepcopy=False)
-    steps = sum(steps_spent(t) for t in trials)
+    steps = total_steps_spent(study)
     replays = sum("replayed_from" in t.user_attrs for t in trials)
     replayed = f" ({replays} {'trial' if replays == 1 else 'trials'} replayed an architecture trained before)"
     print(f"training steps spent: {steps}" + (replayed if replays else ""), file=out)

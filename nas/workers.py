@@ -19,7 +19,7 @@ from typing import Any
 import optuna
 import torch
 
-from nas.cli import STORAGE_ENV
+from nas.cli import STORAGE_ENV, trials_limit
 from nas.errors import NasError
 from nas.results import summary_table
 from nas.search import CONFIG_ATTR, Search, SearchConfig
@@ -46,7 +46,7 @@ def config_from_study(study: optuna.Study, args: argparse.Namespace) -> SearchCo
     return SearchConfig(
         study=args.study, storage=args.storage, space=space, task=stored["task"]["name"],
         task_options=stored["task"]["options"], latency_ms=stored["budget"]["latency_ms"],
-        memory_mb=stored["budget"]["memory_mb"], trials=args.trials, sampler=args.sampler, pruner=args.pruner,
+        memory_mb=stored["budget"]["memory_mb"], trials=trials_limit(args), step_budget=args.step_budget, sampler=args.sampler, pruner=args.pruner,
         device=args.device, seed=args.seed, stages=tuple(stored["stages"]), population=args.population,
         tournament=args.tournament, mutation_prob=args.mutation_prob, hurdle_trials=args.hurdle_trials,
         warm_start=False, measure_threads=threads,
@@ -68,11 +68,14 @@ def worker_main(args: argparse.Namespace) -> int:
 def _worker_argv(cfg: SearchConfig, quiet: bool) -> list[str]:
     # No --storage: the URL goes through the environment (STORAGE_ENV), so a
     # password in it never shows in the process list.
-    argv = [sys.executable, "-m", "nas.cli", "worker", "--study", cfg.study,
-            "--trials", str(cfg.trials), "--sampler", cfg.sampler, "--pruner", cfg.pruner,
+    argv = [sys.executable, "-m", "nas.cli", "worker", "--study", cfg.study, "--sampler", cfg.sampler, "--pruner", cfg.pruner,
             "--device", cfg.device, "--seed", str(cfg.seed), "--population", str(cfg.population),
             "--tournament", str(cfg.tournament), "--mutation-prob", str(cfg.mutation_prob),
             "--hurdle-trials", str(cfg.hurdle_trials)]
+    if cfg.trials is not None:
+        argv += ["--trials", str(cfg.trials)]
+    if cfg.step_budget is not None:
+        argv += ["--step-budget", str(cfg.step_budget)]
     return argv + (["--quiet"] if quiet else [])
 
 

@@ -115,6 +115,13 @@ def test_zero_or_negative_budget(capsys, db, value):
     assert stored(db) == before
 
 
+@pytest.mark.parametrize("value", ["0", "-5", "1e3"])
+def test_bad_step_budget(capsys, db, value):
+    before = stored(db)
+    fails_cleanly(capsys, search_args(db, "--step-budget", value, study="new"), "--step-budget")
+    assert stored(db) == before
+
+
 @pytest.mark.parametrize("command", ["show", "export"])
 def test_unknown_study(capsys, db, tmp_path, command):
     before = stored(db)

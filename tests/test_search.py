@@ -56,21 +56,28 @@ def test_search_runs_and_optuna_reads_everything_back(tmp_path):
 def test_over_budget_is_recorded_infeasible_and_not_trained(tmp_path):
     task = get_task("mqar", **TINY_TASK)
     space = load_space("tiny").for_task(task.shape)
-    url = default_url("b", tmp_path)
-    study = optuna.create_study(study_name="b", storage=url, direction="maximize")
-    objective = Objective(study_name="b", task=task, space=space, budget=Budget(latency_ms=1e-6),
-                          device=resolve_device("cpu"), stages=(4, 8), tables=Tables(url), checkpoint_dir=None,
-                          threads=1)
-    t0 = time.perf_counter()
-    study.optimize(objective, n_trials=1)
-    elapsed = time.perf_counter() - t0
-    (t,) = study.trials
-    assert t.state == optuna.trial.TrialState.PRUNED
-    assert t.constraints["latency_ms"] > 0
-    assert t.user_attrs["steps_trained"] == 0 and not t.intermediate_values
-    assert t.user_attrs["stopped"].startswith("over budget: latency")
-    assert "params" not in t.user_attrs  # never built for training
-    assert elapsed < 1.0, f"an over-budget candidate took {elapsed:.2f} s"
+    elapsed = []
+    # Three fresh studies (fresh measurement caches): the median time is the claim,
+    # so one slow moment of a shared CI machine does not fail it.
+    for i in range(3):
+        url = default_url(f"b{i}", tmp_path)
+        study = optuna.create_study(study_name=f"b{i}", storage=url, direction="maximize",
+                                    sampler=optuna.samplers.RandomSampler(seed=i))
+        objective = Objective(study_name=f"b{i}", task=task, space=space, budget=Budget(latency_ms=1e-6),
+                              device=resolve_device("cpu"), stages=(4, 8), tables=Tables(url), checkpoint_dir=None,
+                              threads=1)
+        t0 = time.perf_counter()
+        study.optimize(objective, n_trials=1)
+        elapsed.append(time.perf_counter() - t0)
+        (t,) = study.trials
+        assert t.state == optuna.trial.TrialState.PRUNED
+        assert t.constraints["latency_ms"] > 0
+        assert t.user_attrs["steps_trained"] == 0 and not t.intermediate_values
+        assert t.user_attrs["stopped"].startswith("over budget: latency")
+        assert "params" not in t.user_attrs  # never built for training
+    elapsed.sort()
+    print(f"over-budget candidates: {', '.join(f'{e:.3f}' for e in elapsed)} s")
+    assert elapsed[1] < 1.0, f"an over-budget candidate took {elapsed[1]:.2f} s (median of 3)"
 
 
 def test_repeated_architecture_is_measured_once(tmp_path):
@@ -227,9 +234,67 @@ def test_progress_line_says_a_trial_was_replayed(tmp_path):
     first, second = _run_enqueued(tmp_path, "line", 2, optuna.pruners.NopPruner())
     study = optuna.load_study(study_name="line", storage=default_url("line", tmp_path))
     out = io.StringIO()
-    progress = _Progress(study, 2, out)
+    progress = _Progress(study, 2, None, out)
     progress.update(study, first)
     progress.update(study, second)
     lines = out.getvalue().splitlines()
     assert "replayed" not in lines[0]
     assert "replayed trial 0" in lines[1]
+
+
+def _spent_in_order(url: str, name: str) -> list[int]:
+    """Each trial's `steps_spent`, by trial number, read back with plain Optuna."""
+    study = optuna.load_study(study_name=name, storage=url)
+    return [int(t.user_attrs.get("steps_spent", 0)) for t in sorted(study.trials, key=lambda t: t.number)]
+
+
+def test_step_budget_stops_starting_trials_once_spent_and_resume_continues_to_it(tmp_path):
+    # No pruner and a space of distinct architectures: a trained trial costs 8 steps,
+    # a replayed one 0. The budget is checked before each trial starts, so the study
+    # stops with the first trial that reaches it: spent before that trial < budget <= total.
+    cfg = tiny_config(tmp_path, trials=None, step_budget=20, pruner="none")
+    log = io.StringIO()
+    Search(cfg, log=log).run()
+    spent = _spent_in_order(cfg.storage, "t")
+    assert sum(spent[:-1]) < 20 <= sum(spent), spent
+    assert all(s in (0, 8) for s in spent), spent
+    assert "[steps " in log.getvalue() and "/20]" in log.getvalue()
+    study = optuna.load_study(study_name="t", storage=cfg.storage)
+    before = {t.number: (t.state, t.value, t.params) for t in study.trials}
+
+    Search(tiny_config(tmp_path, trials=None, step_budget=44, pruner="none"), log=io.StringIO()).run()
+    spent = _spent_in_order(cfg.storage, "t")
+    assert sum(spent[:-1]) < 44 <= sum(spent), spent
+    study = optuna.load_study(study_name="t", storage=cfg.storage)
+    assert len(study.trials) > len(before)
+    for t in study.trials:
+        if t.number in before:
+            assert (t.state, t.value, t.params) == before[t.number]
+
+
+def test_trials_and_step_budget_whichever_comes_first(tmp_path):
+    cfg = tiny_config(tmp_path, trials=2, step_budget=10_000, pruner="none")
+    Search(cfg, log=io.StringIO()).run()
+    assert len(_spent_in_order(cfg.storage, "t")) == 2
+    with pytest.raises(SearchError, match="--step-budget"):
+        Search(tiny_config(tmp_path, name="u", trials=None, step_budget=0), log=io.StringIO())
+    with pytest.raises(SearchError, match="--trials N, --step-budget"):
+        Search(tiny_config(tmp_path, name="u", trials=None, step_budget=None), log=io.StringIO())
+
+
+def test_step_budget_alone_stops_when_the_space_is_exhausted(tmp_path):
+    # Two architectures: after both are trained every trial is a free replay, so
+    # the budget would never be spent. The search must stop, and say why.
+    from fixture_spaces import TWO_ARCH_SPACE
+    from nas.search import IDLE_TRIALS_LIMIT
+
+    space = tmp_path / "two.toml"
+    space.write_text(TWO_ARCH_SPACE)
+    cfg = tiny_config(tmp_path, space=str(space), trials=None, step_budget=10**9, pruner="none", sampler="random")
+    log = io.StringIO()
+    Search(cfg, log=log).run(progress=False)
+    spent = _spent_in_order(cfg.storage, "t")
+    assert sum(spent) == 16  # each of the two trained once, for 8 steps
+    trailing = len(spent) - max(i for i, s in enumerate(spent) if s > 0) - 1
+    assert trailing == IDLE_TRIALS_LIMIT, spent
+    assert "space looks exhausted" in log.getvalue()

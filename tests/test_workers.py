@@ -241,3 +241,16 @@ def test_study_files_get_the_journal_mode_of_the_library(tmp_path, monkeypatch, 
         assert pragma(db, "journal_mode") == "delete"
         assert len(optuna.load_study(study_name="j", storage=storage).trials) == 1
         assert integrity(db) == "ok"
+
+
+@pytest.mark.parametrize("trials, step_budget", [(None, 5000), (12, 5000), (12, None)])
+def test_workers_get_the_search_limits(trials, step_budget):
+    """The `nas worker` command line that `--workers K` starts carries --trials and
+    --step-budget as given, and the worker parses them back to the same limits."""
+    from nas.cli import build_parser, trials_limit
+    from nas.search import SearchConfig
+    from nas.workers import _worker_argv
+
+    cfg = SearchConfig(study="s", trials=trials, step_budget=step_budget)
+    args = build_parser().parse_args(_worker_argv(cfg, quiet=True)[3:])
+    assert (trials_limit(args), args.step_budget) == (trials, step_budget)
