@@ -149,7 +149,7 @@ def test_sigkill_one_worker_then_the_whole_group_then_resume(tmp_path):
     """Kill one worker of `nas search --workers 2` mid-trial (the other goes on),
     then SIGKILL the whole process group (parent and workers) mid-trial, then run
     the same command again: finished trials keep their values, every interrupted
-    trial ends FAIL with a finished retry of the same parameters, nothing is left
+    trial ends FAIL with a finished retry of the parameters it had drawn, nothing is left
     RUNNING or WAITING, and the SQLite file passes its integrity check."""
     db = tmp_path / "k.db"
     url = f"sqlite:///{db}"
@@ -200,7 +200,9 @@ def test_sigkill_one_worker_then_the_whole_group_then_resume(tmp_path):
         assert t.state == optuna.trial.TrialState.FAIL, (number, t.state)
         root = t.system_attrs.get("failed_trial", number)
         retries = [r for r in study.trials if r.system_attrs.get("failed_trial") == root and r.state in FINISHED]
-        assert retries and all(r.params == t.params for r in retries), number
+        # A worker can die between its first and last suggest: the retry then keeps
+        # every parameter the dead trial had drawn and draws the rest anew.
+        assert retries and all(r.params.items() >= t.params.items() for r in retries), (number, t.params)
     states = [t.state for t in study.trials]
     assert optuna.trial.TrialState.RUNNING not in states and optuna.trial.TrialState.WAITING not in states
     assert sum(s in FINISHED for s in states) >= 8
