@@ -26,7 +26,7 @@ from evaluators.hardware import default_threads, resolve_device
 from evaluators.tasks import get_task
 from nas.choices import make_pruner, make_sampler
 from nas.objective import Budget, Measurement, Objective, measure, measure_key
-from nas.results import best_feasible, finished_count, steps_spent, summary_table, total_steps_spent
+from nas.results import FINISHED, best_feasible, finished_count, steps_spent, summary_table, total_steps_spent
 from nas.storage import STUDIES_DIR, check_storage, check_study_name, default_url, open_storage, redact, sqlite_path
 from nas.tables import Tables
 from search_spaces import ArchSpec, SearchSpace, SpecError, load_space
@@ -320,38 +320,39 @@ class Search:
         bar = _Progress(study, target, step_budget, self.log if progress else None)
         max_failures = max(target or 0, 10)
 
-        def reached(study: optuna.Study) -> bool:
-            return ((target is not None and finished_count(study) >= target)
-                    or (step_budget is not None and total_steps_spent(study) >= step_budget))
+        def reached(n: _Tally) -> bool:
+            return ((target is not None and n.finished >= target)
+                    or (step_budget is not None and n.steps >= step_budget))
 
-        def idle(study: optuna.Study) -> bool:
-            return target is None and _idle_streak(study) >= IDLE_TRIALS_LIMIT
+        def idle(n: _Tally) -> bool:
+            return target is None and n.idle_streak >= IDLE_TRIALS_LIMIT
 
-        def more_to_do(study: optuna.Study) -> bool:
-            return ((not reached(study) and not idle(study)) or _pending_retries(study)) and _failed_count(study) < max_failures
+        def more_to_do(n: _Tally) -> bool:
+            return ((not reached(n) and not idle(n)) or n.pending_retries > 0) and n.failed < max_failures
 
         def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
             bar.update(study, trial)
             if on_trial is not None:
                 on_trial(study, trial)
-            if not more_to_do(study):
+            if not more_to_do(_Tally.of(study)):
                 study.stop()
 
         # A caught failure is on the trial (user attrs `failure`, `failure_message`) and on
         # our progress line; Optuna's own warning would add a whole traceback per trial.
         optuna.logging.set_verbosity(optuna.logging.ERROR)
-        while more_to_do(study):
-            remaining = None if target is None else max(target - finished_count(study), 0) + _pending_retries(study)
+        while more_to_do(n := _Tally.of(study)):
+            remaining = None if target is None else max(target - n.finished, 0) + n.pending_retries
             study.optimize(objective, n_trials=remaining, catch=(TrialFailure, SpecError),
                            callbacks=[callback], gc_after_trial=False)
         _fail_stale_trials(study)
         bar.close()
-        if idle(study) and not reached(study):
+        n = _Tally.of(study)
+        if idle(n) and not reached(n):
             self._print(f"stopped: the last {IDLE_TRIALS_LIMIT} trials trained nothing (each repeated an architecture "
                         f"trained before or was over the hardware budget), so the step budget would never be spent; "
                         f"the space looks exhausted: widen it, raise the budget, or give --trials")
-        elif not reached(study):
-            self._print(f"stopped after {_failed_count(study)} failed trials; see `nas show {self.cfg.study}` for their reasons")
+        elif not reached(n):
+            self._print(f"stopped after {n.failed} failed trials; see `nas show {self.cfg.study}` for their reasons")
         return study
 
 
@@ -361,25 +362,28 @@ def _fail_stale_trials(study: optuna.Study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
-def _pending_retries(study: optuna.Study) -> int:
-    """Re-queued copies of trials whose worker died, not yet started."""
-    waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
-    return sum("failed_trial" in t.system_attrs for t in waiting)
+@dataclass(frozen=True)
+class _Tally:
+    """What the stop rule of `Search.run` needs, from one read of the trials."""
 
+    finished: int  # COMPLETE or PRUNED
+    steps: int  # training steps spent by all trials
+    idle_streak: int  # newest finished trials in a row that spent no training step
+    pending_retries: int  # re-queued copies of trials whose worker died, not yet started
+    failed: int
 
-def _idle_streak(study: optuna.Study) -> int:
-    """Finished trials in a row, newest first, that spent no training step."""
-    finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished() and t.state != optuna.trial.TrialState.FAIL]
-    streak = 0
-    for t in sorted(finished, key=lambda t: t.number, reverse=True):
-        if steps_spent(t) > 0:
-            break
-        streak += 1
-    return streak
-
-
-def _failed_count(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)))
+    @classmethod
+    def of(cls, study: optuna.Study) -> "_Tally":
+        trials = study.get_trials(deepcopy=False)
+        finished = sorted((t for t in trials if t.state in FINISHED), key=lambda t: t.number, reverse=True)
+        return cls(
+            finished=len(finished),
+            steps=sum(steps_spent(t) for t in trials),
+            idle_streak=next((i for i, t in enumerate(finished) if steps_spent(t) > 0), len(finished)),
+            pending_retries=sum(t.state == optuna.trial.TrialState.WAITING and "failed_trial" in t.system_attrs
+                                for t in trials),
+            failed=sum(t.state == optuna.trial.TrialState.FAIL for t in trials),
+        )
 
 
 def _space_dict(space: SearchSpace) -> dict[str, Any]:
