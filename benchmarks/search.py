@@ -52,6 +52,7 @@ import optuna  # noqa: E402
 
 from nas.results import fitness, is_feasible, steps_spent  # noqa: E402
 from nas.search import Search, SearchConfig  # noqa: E402
+from nas.stage_signal import StageSignal, stage_signals  # noqa: E402
 
 METHODS = {
     "evolution+hurdles": dict(sampler="evolution", pruner="hurdles"),
@@ -113,6 +114,7 @@ def main() -> None:
     stages = tuple(int(s) for s in args.stages.split(",")) if args.stages else None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     results: dict[str, list[list[tuple[int, float | None]]]] = {m: [] for m in args.methods}
+    signals: dict[str, list[list[StageSignal]]] = {m: [] for m in args.methods}
     budget = args.latency_ms
     t_start = time.time()
     for seed in args.seeds:
@@ -126,6 +128,7 @@ def main() -> None:
             study = search.run(progress=False)
             traj = trajectory(study)
             results[method].append(traj)
+            signals[method].append(stage_signals(study, search.stages, cfg.hurdle_trials))
             print(f"seed {seed} {method:<18} trials {len(traj):>3}  steps {traj[-1][0]:>6}  "
                   f"best {traj[-1][1] if traj[-1][1] is not None else float('nan'):.4f}  ({time.time() - t0:.0f} s)",
                   flush=True)
@@ -162,6 +165,27 @@ def main() -> None:
     if "evolution+hurdles" in results and "random" in results:
         for tol, what in ((0.0, "exactly"), (0.01, "within 1%")):
             print(reach_fraction(results["evolution+hurdles"], results["random"], tol, what))
+    print_stage_signals({m: signals[m] for m in args.methods if METHODS[m]["pruner"] == "none"})
+
+
+def print_stage_signals(signals: dict[str, list[list[StageSignal]]]) -> None:
+    """What the hurdles would have cut in the runs that trained every candidate to
+    the end (`nas.stage_signal`), pooled over seeds: does fitness at each hurdle
+    stage predict the final fitness on this task?"""
+    if not signals:
+        return
+    print("\nstage signal of the runs without hurdles (each run's own hurdle: mean of its first trials there)\n")
+    print("| method | step | cleared | rank corr. with final (mean over seeds) | top quarter cleared | "
+          "seeds whose best final was below the hurdle |")
+    print("|---|---|---|---|---|---|")
+    for method, runs in signals.items():
+        for k in range(min(len(r) for r in runs)):
+            sig = [r[k] for r in runs if r[k].hurdle is not None]
+            corr = [r[k].rank_corr for r in runs if r[k].rank_corr is not None]
+            lost = sum(s.best_below is not None and (s.best_cleared is None or s.best_below > s.best_cleared) for s in sig)
+            print(f"| {method} | {runs[0][k].step} | {sum(s.cleared for s in sig)} of {sum(s.reported for s in sig)} | "
+                  f"{statistics.mean(corr) if corr else float('nan'):.2f} | "
+                  f"{sum(s.top_cleared for s in sig)} of {sum(s.top for s in sig)} | {lost} of {len(sig)} |")
 
 
 Traj = list[tuple[int, float | None]]

@@ -147,6 +147,7 @@ class Objective:
         measure_batch: int | None = None,
         threads: int | None = None,
         train_options: dict[str, Any] | None = None,
+        search_info: dict[str, Any] | None = None,
     ) -> None:
         self.study_name = study_name
         self.task = task
@@ -160,6 +161,9 @@ class Objective:
         self.measure_batch = measure_batch or task.batch_size
         self.threads = threads or torch.get_num_threads()
         self.train_options = dict(train_options or {})
+        # The sampler and pruner this worker runs (a per-worker choice, not part of the
+        # study's identity): kept on each trial so `nas show` knows which hurdles applied.
+        self.search_info = dict(search_info or {})
 
     def sample(self, trial: optuna.Trial) -> ArchSpec:
         return self.space.sample(lambda name, choices: trial.suggest_categorical(name, list(choices)), self.task.shape)
@@ -175,6 +179,8 @@ class Objective:
         trial.set_user_attr("attention_mix", ",".join(layer.attention for layer in spec.layers))
         trial.set_user_attr("device", device_label(self.device, self.threads))
         trial.set_user_attr("seed", self.seed)
+        if self.search_info:
+            trial.set_user_attr("search", self.search_info)
 
         # 1. Cost, measured before any training: latency, then memory.
         m = measure(spec, device=self.device, batch_size=self.measure_batch, tables=self.tables,

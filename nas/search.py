@@ -274,6 +274,7 @@ class Search:
             device=self.device, stages=self.stages, tables=Tables(self.url), checkpoint_dir=ckpt_root,
             seed=self.cfg.seed, measure_batch=self.task.batch_size, threads=self.threads,
             train_options=self.train_options,
+            search_info={"sampler": self.cfg.sampler, "pruner": self.cfg.pruner, "hurdle_trials": self.cfg.hurdle_trials},
         )
 
     def load(self) -> optuna.Study:

@@ -4,12 +4,15 @@ the hurdles, and optionally a plot (matplotlib, an optional extra)."""
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from typing import TextIO
 
 import optuna
 
 from nas.errors import NasError
+from nas.hurdles import ProgressiveHurdlePruner
 from nas.results import HEADER, _row, fitness, format_table, is_feasible, pareto_front, summary_table, total_steps_spent
+from nas.stage_signal import format_stage_signals, stage_signals
 from nas.storage import check_storage, default_url, open_storage, redact, sqlite_path
 
 
@@ -34,17 +37,44 @@ def show(study: optuna.Study, *, top: int = 10, out: TextIO = sys.stdout) -> Non
     print("\nPareto front (fitness against measured latency):", file=out)
     print(format_table([_row(t) for t in front], HEADER) if front else "empty", file=out)
     stages = study.user_attrs.get("nas:config", {}).get("stages")
-    if stages:
-        from nas.hurdles import ProgressiveHurdlePruner
-
-        h = ProgressiveHurdlePruner(stages=stages).hurdles(study) if len(stages) > 1 else {}
-        print("\nhurdles (step: mean fitness of the first trials to reach it): "
-              + (", ".join(f"{s}: {v:.4f}" for s, v in sorted(h.items())) or "none set yet"), file=out)
+    if stages and len(stages) > 1:
+        print("\n" + hurdles_summary(study, stages), file=out)
     trials = study.get_trials(deepcopy=False)
     steps = total_steps_spent(study)
     replays = sum("replayed_from" in t.user_attrs for t in trials)
     replayed = f" ({replays} {'trial' if replays == 1 else 'trials'} replayed an architecture trained before)"
     print(f"training steps spent: {steps}" + (replayed if replays else ""), file=out)
+
+
+def hurdle_setting(study: optuna.Study) -> tuple[int, bool | None, list[str]]:
+    """(min_trials, whether any trial ran under the hurdles, the pruners trials ran
+    under) from the trials' `search` attribute; (5, None, []) for a study whose
+    trials predate it."""
+    infos = [t.user_attrs["search"] for t in study.get_trials(deepcopy=False)
+             if isinstance(t.user_attrs.get("search"), dict)]
+    if not infos:
+        return 5, None, []
+    pruners = sorted({str(i.get("pruner")) for i in infos})
+    counts = Counter(int(i["hurdle_trials"]) for i in infos if i.get("pruner") == "hurdles" and "hurdle_trials" in i)
+    if counts:
+        return counts.most_common(1)[0][0], True, pruners
+    ms = Counter(int(i["hurdle_trials"]) for i in infos if "hurdle_trials" in i)
+    return (ms.most_common(1)[0][0] if ms else 5), False, pruners
+
+
+def hurdles_summary(study: optuna.Study, stages: list[int]) -> str:
+    """The hurdles' values (or, for a study searched without them, what they would
+    have been) and the stage signal table (`nas.stage_signal`)."""
+    m, applied, pruners = hurdle_setting(study)
+    h = ProgressiveHurdlePruner(stages=stages, min_trials=m).hurdles(study)
+    values = ", ".join(f"{s}: {v:.4f}" for s, v in sorted(h.items())) or "none set yet"
+    if applied is False:
+        head = (f"hurdles: none applied (trials ran with --pruner {', '.join(pruners)}); "
+                f"the mean fitness of the first {m} trials at each stage: {values}")
+    else:
+        head = f"hurdles (step: mean fitness of the first {m} trials to reach it): {values}"
+    return (head + "\nstage signal (does fitness at a hurdle stage predict the final fitness? "
+            "see nas/stage_signal.py):\n" + format_stage_signals(stage_signals(study, stages, m)))
 
 
 def plot(study: optuna.Study, path: str) -> None:
