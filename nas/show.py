@@ -10,7 +10,6 @@ from typing import TextIO
 import optuna
 
 from nas.errors import NasError
-from nas.hurdles import ProgressiveHurdlePruner
 from nas.results import HEADER, _row, fitness, format_table, is_feasible, pareto_front, summary_table, total_steps_spent
 from nas.stage_signal import format_stage_signals, stage_signals
 from nas.storage import check_storage, default_url, open_storage, redact, sqlite_path
@@ -55,26 +54,24 @@ def hurdle_setting(study: optuna.Study) -> tuple[int, bool | None, list[str]]:
     if not infos:
         return 5, None, []
     pruners = sorted({str(i.get("pruner")) for i in infos})
-    counts = Counter(int(i["hurdle_trials"]) for i in infos if i.get("pruner") == "hurdles" and "hurdle_trials" in i)
-    if counts:
-        return counts.most_common(1)[0][0], True, pruners
-    ms = Counter(int(i["hurdle_trials"]) for i in infos if "hurdle_trials" in i)
-    return (ms.most_common(1)[0][0] if ms else 5), False, pruners
+    hurdled = [i for i in infos if i.get("pruner") == "hurdles"]
+    counts = Counter(int(i["hurdle_trials"]) for i in (hurdled or infos) if "hurdle_trials" in i)
+    return (counts.most_common(1)[0][0] if counts else 5), bool(hurdled), pruners
 
 
 def hurdles_summary(study: optuna.Study, stages: list[int]) -> str:
     """The hurdles' values (or, for a study searched without them, what they would
     have been) and the stage signal table (`nas.stage_signal`)."""
     m, applied, pruners = hurdle_setting(study)
-    h = ProgressiveHurdlePruner(stages=stages, min_trials=m).hurdles(study)
-    values = ", ".join(f"{s}: {v:.4f}" for s, v in sorted(h.items())) or "none set yet"
+    signals = stage_signals(study, stages, m)  # computes the hurdles too: read their values from it
+    values = ", ".join(f"{s.step}: {s.hurdle:.4f}" for s in signals if s.hurdle is not None) or "none set yet"
     if applied is False:
         head = (f"hurdles: none applied (trials ran with --pruner {', '.join(pruners)}); "
                 f"the mean fitness of the first {m} trials at each stage: {values}")
     else:
         head = f"hurdles (step: mean fitness of the first {m} trials to reach it): {values}"
     return (head + "\nstage signal (does fitness at a hurdle stage predict the final fitness? "
-            "see nas/stage_signal.py):\n" + format_stage_signals(stage_signals(study, stages, m)))
+            "see nas/stage_signal.py):\n" + format_stage_signals(signals))
 
 
 def plot(study: optuna.Study, path: str) -> None:
