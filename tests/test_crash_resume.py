@@ -15,6 +15,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from stopped_process import stopped, trial_states
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,24 +44,19 @@ def snapshot(db: Path) -> dict[int, tuple]:
 def test_sigkill_mid_trial_then_resume(tmp_path):
     db = tmp_path / "k.db"
     proc = subprocess.Popen(nas_command(db, 5), cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    # Wait until at least two trials finished and another is running (training).
+    # Wait until at least two trials finished and another is running (training); the
+    # search is stopped while the database is read, so the trial is still running
+    # when the kill lands.
     deadline = time.time() + 240
     killed_running = None
     while time.time() < deadline and proc.poll() is None:
         time.sleep(0.5)
-        if not db.exists():
-            continue
-        try:
-            study = optuna.load_study(study_name="k", storage=f"sqlite:///{db}")
-            trials = study.get_trials(deepcopy=False)
-        except Exception:
-            continue
-        finished = [t for t in trials if t.state.is_finished()]
-        running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING and "latency_ms" in t.user_attrs]
-        if len(finished) >= 2 and running:
-            killed_running = running[0].number
-            os.kill(proc.pid, signal.SIGKILL)
-            break
+        with stopped(proc.pid):
+            state = trial_states(db, "latency_ms")
+            if state is not None and state[0] >= 2 and state[1]:
+                killed_running = min(state[1])
+                os.kill(proc.pid, signal.SIGKILL)
+                break
     proc.wait(timeout=30)
     assert killed_running is not None, f"the search never had a running trial to kill: {proc.stderr.read().decode()[-2000:]}"
     before = snapshot(db)

@@ -15,6 +15,7 @@ from pathlib import Path
 import optuna
 import pytest
 from fixture_spaces import TWO_ARCH_SPACE
+from stopped_process import stopped, trial_states
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = ["--task", "mqar", "--task-option", "vocab_size=16", "--task-option", "seq_len=16", "--task-option", "num_kv_pairs=2",
@@ -139,11 +140,6 @@ def snapshot(url: str, study: str) -> dict[int, tuple]:
             for t in load(url, study).trials if t.state.is_finished() and t.state != optuna.trial.TrialState.FAIL}
 
 
-def running(url: str, study: str) -> list[optuna.trial.FrozenTrial]:
-    return [t for t in load(url, study).get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-            if "worker" in t.user_attrs]
-
-
 @pytest.mark.slow
 def test_sigkill_one_worker_then_the_whole_group_then_resume(tmp_path):
     """Kill one worker of `nas search --workers 2` mid-trial (the other goes on),
@@ -162,19 +158,20 @@ def test_sigkill_one_worker_then_the_whole_group_then_resume(tmp_path):
     try:
         while time.time() < deadline and proc.poll() is None:
             time.sleep(0.2)
-            try:
-                finished = len(snapshot(url, "k"))
-                live = running(url, "k")
-            except Exception:
-                continue
-            if victim is None and finished >= 2 and live:
-                t = live[0]
-                os.kill(int(t.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
-                victim = t.number
-            elif victim is not None and finished >= 4 and any(t.number != victim for t in live):
-                os.killpg(proc.pid, signal.SIGKILL)
-                group_killed = True
-                break
+            # The whole group is stopped while the database is read: a trial read as
+            # running is still running when the kill lands.
+            with stopped(proc.pid, group=True):
+                state = trial_states(db, "worker")
+                if state is None:
+                    continue
+                finished, live = state
+                if victim is None and finished >= 2 and live:
+                    victim = min(live)
+                    os.kill(int(live[victim].rsplit(":", 1)[1]), signal.SIGKILL)
+                elif victim is not None and finished >= 4 and any(n != victim for n in live):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    group_killed = True
+                    break
     finally:
         if proc.poll() is None and not group_killed:
             os.killpg(proc.pid, signal.SIGKILL)
