@@ -7,6 +7,8 @@ from typing import Sequence
 
 import optuna
 
+from nas.hurdles import DEFAULT_MIN_TRIALS, ProgressiveHurdlePruner
+
 SAMPLERS = ("evolution", "tpe", "nsga2", "cmaes", "gp", "random")
 PRUNERS = ("hurdles", "median", "hyperband", "none")
 
@@ -37,10 +39,8 @@ def make_sampler(name: str, *, seed: int | None, population: int = 20, tournamen
     raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
 
 
-def make_pruner(name: str, *, stages: Sequence[int], min_trials: int = 5) -> optuna.pruners.BasePruner:
+def make_pruner(name: str, *, stages: Sequence[int], min_trials: int = DEFAULT_MIN_TRIALS) -> optuna.pruners.BasePruner:
     if name == "hurdles":
-        from nas.hurdles import ProgressiveHurdlePruner
-
         return ProgressiveHurdlePruner(stages=tuple(stages), min_trials=min_trials)
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=min_trials, n_warmup_steps=0)

@@ -13,6 +13,7 @@ import sys
 from typing import Sequence
 
 from nas.choices import PRUNERS, SAMPLERS
+from nas.hurdles import DEFAULT_MIN_TRIALS
 
 EXIT_USAGE = 2
 DEFAULT_TRIALS = 30
@@ -89,7 +90,8 @@ def _add_search_args(p: argparse.ArgumentParser, *, worker: bool) -> None:
     p.add_argument("--population", type=int, default=12, help="evolution population size P (default 12)")
     p.add_argument("--tournament", type=int, default=4, help="evolution tournament size S (default 4)")
     p.add_argument("--mutation-prob", type=float, default=0.2)
-    p.add_argument("--hurdle-trials", type=int, default=5, help="trials whose mean fitness sets each hurdle (default 5)")
+    p.add_argument("--hurdle-trials", type=int, default=DEFAULT_MIN_TRIALS,
+                   help=f"trials whose mean fitness sets each hurdle (default {DEFAULT_MIN_TRIALS})")
     p.add_argument("--quiet", action="store_true", help="no per-trial lines")
     if worker:
         return

@@ -85,6 +85,10 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+# The trials whose mean sets each hurdle unless told otherwise: `nas search
+# --hurdle-trials`, SearchConfig, make_pruner and stage_signals all default to it.
+DEFAULT_MIN_TRIALS = 5
+
 __all__ = ["Hurdle", "ProgressiveHurdlePruner"]
 
 # Trials whose report at a stage may define its hurdle.
@@ -116,7 +120,7 @@ class ProgressiveHurdlePruner(optuna.pruners.BasePruner):
             is pruned there.
     """
 
-    def __init__(self, stages: Sequence[int], min_trials: int = 5) -> None:
+    def __init__(self, stages: Sequence[int], min_trials: int = DEFAULT_MIN_TRIALS) -> None:
         if isinstance(stages, (str, bytes)) or not isinstance(stages, Sequence):
             raise ValueError(f"stages must be a sequence of step counts, got {stages!r}")
         if len(stages) == 0:

@@ -41,7 +41,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from scipy.stats import spearmanr
 
-from nas.hurdles import ProgressiveHurdlePruner
+from nas.hurdles import DEFAULT_MIN_TRIALS, ProgressiveHurdlePruner
 from nas.results import format_table
 
 __all__ = ["StageSignal", "stage_signals", "format_stage_signals"]
@@ -74,7 +74,7 @@ def _rank_corr(xs: list[float], ys: list[float]) -> float | None:
     return float(spearmanr(xs, ys).statistic)
 
 
-def stage_signals(study: optuna.Study, stages: tuple[int, ...] | list[int], min_trials: int = 5) -> list[StageSignal]:
+def stage_signals(study: optuna.Study, stages: tuple[int, ...] | list[int], min_trials: int = DEFAULT_MIN_TRIALS) -> list[StageSignal]:
     """One :class:`StageSignal` per hurdle stage of ``stages`` (all but the last)."""
     stages = tuple(int(s) for s in stages)
     if len(stages) < 2:
