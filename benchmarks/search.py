@@ -182,7 +182,7 @@ def print_stage_signals(signals: dict[str, list[list[StageSignal]]]) -> None:
         for k in range(min(len(r) for r in runs)):
             sig = [r[k] for r in runs if r[k].hurdle is not None]
             corr = [r[k].rank_corr for r in runs if r[k].rank_corr is not None]
-            lost = sum(s.best_below is not None and (s.best_cleared is None or s.best_below > s.best_cleared) for s in sig)
+            lost = sum(bool(s.best_lost) for s in sig)
             print(f"| {method} | {runs[0][k].step} | {sum(s.cleared for s in sig)} of {sum(s.reported for s in sig)} | "
                   f"{statistics.mean(corr) if corr else float('nan'):.2f} | "
                   f"{sum(s.top_cleared for s in sig)} of {sum(s.top for s in sig)} | {lost} of {len(sig)} |")

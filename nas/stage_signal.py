@@ -22,7 +22,9 @@ For each hurdle stage ``s`` (every stage but the last):
   ranks; None with fewer than 3 pairs or a constant side); ``top``, the top
   quarter of them by final fitness (at least one), and ``top_cleared``, how many
   of those cleared the hurdle; ``best_cleared`` / ``best_below``, the best final
-  fitness among paired trials that cleared the hurdle / fell below it.
+  fitness among paired trials that cleared the hurdle / fell below it, and
+  ``best_lost``, whether the best of all fell below it (the hurdle would have
+  stopped the study's eventual winner; None while the hurdle is not set).
 
 In a study searched *with* hurdles, trials stopped at a hurdle have no final
 fitness, so the paired figures describe the trials that went on (mostly those
@@ -61,6 +63,7 @@ class StageSignal:
     top_cleared: int | None
     best_cleared: float | None
     best_below: float | None
+    best_lost: bool | None
 
 
 def _finite_at(t: FrozenTrial, step: int) -> float | None:
@@ -97,6 +100,11 @@ def stage_signals(study: optuna.Study, stages: tuple[int, ...] | list[int], min_
         pick = max if maximize else min
         above = [f for v, f in pairs if h is not None and clears(v)]
         below = [f for v, f in pairs if h is not None and not clears(v)]
+        best_below = pick(below) if below else None
+        best_cleared = pick(above) if above else None
+        # Lost: something below the hurdle beat everything that cleared it (a tie is not a loss).
+        best_lost = None if h is None or not pairs else best_below is not None and (
+            best_cleared is None or pick(best_below, best_cleared) != best_cleared)
         out.append(StageSignal(
             step=step, hurdle=h, reported=len(at_step),
             cleared=None if h is None else sum(clears(v) for v in at_step),
@@ -104,8 +112,9 @@ def stage_signals(study: optuna.Study, stages: tuple[int, ...] | list[int], min_
             rank_corr=_rank_corr([v for v, _ in pairs], [f for _, f in pairs]),
             top=len(top),
             top_cleared=None if h is None else sum(clears(v) for v, _ in top),
-            best_cleared=pick(above) if above else None,
-            best_below=pick(below) if below else None,
+            best_cleared=best_cleared,
+            best_below=best_below,
+            best_lost=best_lost,
         ))
     return out
 

@@ -53,6 +53,7 @@ def test_figures_match_the_hand_computed_ones(study):
     assert at10.rank_corr == pytest.approx(0.4)
     assert (at10.top, at10.top_cleared) == (1, 0)  # the top quarter is trial 6, below the hurdle
     assert at10.best_cleared == pytest.approx(0.9) and at10.best_below == pytest.approx(0.95)
+    assert at10.best_lost is True
     # Step 20: hurdle 0.375 again; reporters 0, 1, 3, 4, 5, 6; >= 0.375: 1, 3, 5.
     # Ranks at 20 of 0, 1, 3, 6: 2, 4, 3, 1; differences 1, 1, 1, -3 -> rho = 1 - 6 * 12 / 60 = -0.2.
     assert at20.hurdle == 0.375
@@ -65,7 +66,7 @@ def test_figures_match_the_hand_computed_ones(study):
 def test_unset_hurdles_leave_only_the_correlation(study):
     (at10, _) = stage_signals(study, STAGES, min_trials=50)
     assert at10.hurdle is None and at10.cleared is None and at10.top_cleared is None
-    assert at10.best_cleared is None and at10.best_below is None
+    assert at10.best_cleared is None and at10.best_below is None and at10.best_lost is None
     assert at10.rank_corr == pytest.approx(0.4)
     assert stage_signals(study, (40,)) == []  # one stage: no hurdle at all
 
@@ -78,6 +79,21 @@ def test_a_minimizing_study_clears_at_or_below_the_hurdle():
     assert sig.hurdle == pytest.approx(2.0) and sig.cleared == 2  # 1.0 and 2.0 (equal passes)
     assert sig.top_cleared == 0  # the best (lowest) final, 0.5, was at 2.5 > 2.0
     assert sig.best_cleared == pytest.approx(1.0) and sig.best_below == pytest.approx(0.5)
+    assert sig.best_lost is True  # 0.5 below the hurdle beat 1.0 above it
+
+
+def test_the_best_is_lost_only_when_something_below_beats_everything_above():
+    s = optuna.create_study(direction="maximize")  # the same curves as the minimizing test
+    for v10, v40 in ((1.0, 1.0), (3.0, 3.0), (2.0, 2.5), (2.5, 0.5)):
+        _add(s, TrialState.COMPLETE, {10: v10, 40: v40}, v40)
+    (sig,) = stage_signals(s, (10, 40), min_trials=2)  # hurdle 2.0: 1.0 (final 1.0) below
+    assert sig.best_cleared == pytest.approx(3.0) and sig.best_below == pytest.approx(1.0)
+    assert sig.best_lost is False
+    _add(s, TrialState.COMPLETE, {10: 0.0, 40: 3.0}, 3.0)  # below, and ties the best: not lost
+    (sig,) = stage_signals(s, (10, 40), min_trials=2)
+    assert sig.best_below == pytest.approx(3.0) and sig.best_lost is False
+    _add(s, TrialState.COMPLETE, {10: 0.0, 40: 3.5}, 3.5)  # below, and better than all above: lost
+    assert stage_signals(s, (10, 40), min_trials=2)[0].best_lost is True
 
 
 def test_show_says_which_hurdles_applied(tmp_path):
