@@ -24,7 +24,8 @@ For each hurdle stage ``s`` (every stage but the last):
   of those cleared the hurdle; ``best_cleared`` / ``best_below``, the best final
   fitness among paired trials that cleared the hurdle / fell below it, and
   ``best_lost``, whether the best of all fell below it (the hurdle would have
-  stopped the study's eventual winner; None while the hurdle is not set).
+  stopped the study's eventual winner; None while the hurdle is not set or
+  no trial is paired).
 
 In a study searched *with* hurdles, trials stopped at a hurdle have no final
 fitness, so the paired figures describe the trials that went on (mostly those
