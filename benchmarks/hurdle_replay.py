@@ -19,11 +19,19 @@ and, about the curves themselves, where the mean fitness at the first stage
 sits among them (its percentile) and where the "solvers" (final fitness above
 --solved) sat at the first stage.
 
+--signal loss replays the same trials with hurdles on minus the validation
+loss instead of the fitness (the Evolved Transformer's hurdles compared negative
+log perplexity; on MQAR the fitness is accuracy, which stays flat until a late
+jump): the pruner sees -loss at each stage before the last, and the best is
+still judged on the final fitness. It needs trials that recorded
+`stage_metrics` (every trial trained by nas since that attribute exists).
+
 This isolates the hurdle rule from the sampler: the orders are random, so no
 evolution is involved, and no training is run (seconds, not hours).
 
     python benchmarks/hurdle_replay.py --db search.db --stages 50,133,400 --min-trials 2 3 5 8 \
         --searched evolution_hurdles
+    python benchmarks/hurdle_replay.py --db curves.db --stages 25,133,400 --signal loss
 """
 
 from __future__ import annotations
@@ -43,16 +51,25 @@ import optuna  # noqa: E402
 from nas.hurdles import ProgressiveHurdlePruner  # noqa: E402
 
 
-def recorded_curves(url: str, stages: tuple[int, ...]) -> list[tuple[float, ...]]:
-    """One fitness curve (at `stages`) per distinct fully trained architecture."""
+def recorded_curves(url: str, stages: tuple[int, ...], signal: str = "fitness") -> list[tuple[float, ...]]:
+    """One curve per distinct fully trained architecture: the hurdle signal at each
+    stage but the last (the fitness, or with signal "loss" minus the validation
+    loss), then the final fitness."""
     curves: dict[str, tuple[float, ...]] = {}
     for summary in optuna.get_all_study_summaries(url):
         study = optuna.load_study(study_name=summary.study_name, storage=url)
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-            iv = t.intermediate_values
-            if all(s in iv for s in stages):
-                key = t.user_attrs.get("arch_hash") or json.dumps(t.params, sort_keys=True)
-                curves[key] = tuple(float(iv[s]) for s in stages)
+            iv, sm = t.intermediate_values, t.user_attrs.get("stage_metrics") or {}
+            if not all(s in iv for s in stages):
+                continue
+            if signal == "fitness":
+                head = [float(iv[s]) for s in stages[:-1]]
+            elif all("loss" in sm.get(str(s), {}) for s in stages[:-1]):
+                head = [-float(sm[str(s)]["loss"]) for s in stages[:-1]]
+            else:
+                continue  # recorded before stage_metrics: no loss per stage
+            key = t.user_attrs.get("arch_hash") or json.dumps(t.params, sort_keys=True)
+            curves[key] = (*head, float(iv[stages[-1]]))
     return list(curves.values())
 
 
@@ -107,24 +124,29 @@ def main() -> None:
     ap.add_argument("--orders", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--solved", type=float, default=0.9, help="final fitness above which a curve counts as a solver")
+    ap.add_argument("--signal", choices=["fitness", "loss"], default="fitness",
+                    help="what the hurdles compare before the last stage: the fitness, or minus the validation loss")
     ap.add_argument("--searched", default=None, help="study-name prefix of recorded runs with hurdles, to compare")
     ap.add_argument("--searched-min-trials", type=int, default=5, help="the min_trials those runs used")
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     stages = tuple(int(s) for s in args.stages.split(","))
     url = f"sqlite:///{Path(args.db).resolve()}"
-    curves = recorded_curves(url, stages)
+    curves = recorded_curves(url, stages, args.signal)
     if len(curves) < args.n:
-        raise SystemExit(f"only {len(curves)} fully trained architectures at stages {stages} in {args.db}; lower --n")
+        why = " with stage_metrics" if args.signal == "loss" else ""
+        raise SystemExit(f"only {len(curves)} fully trained architectures{why} at stages {stages} in {args.db}; "
+                         f"lower --n")
     finals = np.array([c[-1] for c in curves])
     print(f"{len(curves)} distinct fully trained architectures; final fitness p50 {np.median(finals):.3f}, "
           f"p90 {np.percentile(finals, 90):.3f}, max {finals.max():.3f}; {args.orders} random orders of {args.n}\n")
     first = np.array([c[0] for c in curves])
     pct = lambda x: (first < x).mean()  # noqa: E731
     solvers = sorted(pct(c[0]) for c in curves if c[-1] > args.solved)
-    print(f"fitness at step {stages[0]}: the mean sits at the {pct(first.mean()):.0%} percentile; "
+    print(f"{'fitness' if args.signal == 'fitness' else '-loss'} at step {stages[0]}: the mean sits at the {pct(first.mean()):.0%} percentile; "
           f"{len(solvers)} solvers (final > {args.solved}) sat at percentiles "
           + ", ".join(f"{p:.0%}" for p in solvers) + "\n")
+    print(f"hurdles on: {args.signal if args.signal == 'fitness' else '-loss'}\n")
     print("| stages | min_trials | cut (mean) | best lost by > 1% | stopped at (random orders) |")
     print("|---|---|---|---|---|")
     rng = np.random.default_rng(args.seed)

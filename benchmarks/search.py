@@ -3,7 +3,7 @@
 Runs, for each seed, four searches on the default task and space under one
 latency budget, each until it has spent --step-budget training steps (or, with
 --trials instead, for N trials each):
-  evolution+hurdles   EvolutionSampler + ProgressiveHurdlePruner
+  evolution+hurdles   EvolutionSampler + ProgressiveHurdlePruner (on -loss, the default)
   evolution           EvolutionSampler, every feasible candidate fully trained
   tpe                 Optuna's TPESampler, fully trained
   random              Optuna's RandomSampler, fully trained
@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import optuna  # noqa: E402
 
+from nas.hurdles import HURDLE_SIGNALS  # noqa: E402
 from nas.results import fitness, is_feasible, steps_spent  # noqa: E402
 from nas.search import Search, SearchConfig  # noqa: E402
 from nas.stage_signal import StageSignal, stage_signals  # noqa: E402
@@ -59,8 +60,10 @@ METHODS = {
     "evolution": dict(sampler="evolution", pruner="none"),
     "tpe": dict(sampler="tpe", pruner="none"),
     "random": dict(sampler="random", pruner="none"),
-    # Not in the issue's comparison (pass --methods to add it): does TPE gain from hurdles too?
+    # Not in the issue's comparison (pass --methods to add them): does TPE gain from
+    # hurdles too? What did hurdles on the fitness (accuracy on MQAR) give?
     "tpe+hurdles": dict(sampler="tpe", pruner="hurdles"),
+    "evolution+fitness-hurdles": dict(sampler="evolution", pruner="hurdles", hurdle_signal="fitness"),
 }
 DEFAULT_METHODS = ["evolution+hurdles", "evolution", "tpe", "random"]
 
@@ -101,7 +104,7 @@ def main() -> None:
     ap.add_argument("--step-budget", type=int, default=None, help="training steps each run may spend (the default mode)")
     ap.add_argument("--trials", type=int, default=None, help="trials per run instead of a step budget")
     ap.add_argument("--steps", type=int, default=240, help="steps of a fully trained candidate")
-    ap.add_argument("--stages", default=None, help="hurdle stages, default steps/8, steps/3, steps")
+    ap.add_argument("--stages", default=None, help="hurdle stages, default steps/16, steps/8, steps/3, steps")
     ap.add_argument("--latency-ms", type=float, default=None)
     ap.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
     ap.add_argument("--warm-start", action="store_true", help="enqueue the vanilla transformer first, as nas search does")
@@ -114,7 +117,7 @@ def main() -> None:
     stages = tuple(int(s) for s in args.stages.split(",")) if args.stages else None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     results: dict[str, list[list[tuple[int, float | None]]]] = {m: [] for m in args.methods}
-    signals: dict[str, list[list[StageSignal]]] = {m: [] for m in args.methods}
+    signals: dict[tuple[str, str], list[list[StageSignal]]] = {}
     budget = args.latency_ms
     t_start = time.time()
     for seed in args.seeds:
@@ -128,7 +131,9 @@ def main() -> None:
             study = search.run(progress=False)
             traj = trajectory(study)
             results[method].append(traj)
-            signals[method].append(stage_signals(study, search.stages, cfg.hurdle_trials))
+            for signal in HURDLE_SIGNALS:
+                signals.setdefault((method, signal), []).append(
+                    stage_signals(study, search.stages, cfg.hurdle_trials, signal))
             print(f"seed {seed} {method:<18} trials {len(traj):>3}  steps {traj[-1][0]:>6}  "
                   f"best {traj[-1][1] if traj[-1][1] is not None else float('nan'):.4f}  ({time.time() - t0:.0f} s)",
                   flush=True)
@@ -165,25 +170,27 @@ def main() -> None:
     if "evolution+hurdles" in results and "random" in results:
         for tol, what in ((0.0, "exactly"), (0.01, "within 1%")):
             print(reach_fraction(results["evolution+hurdles"], results["random"], tol, what))
-    print_stage_signals({m: signals[m] for m in args.methods if METHODS[m]["pruner"] == "none"})
+    print_stage_signals({k: v for k, v in signals.items() if METHODS[k[0]]["pruner"] == "none"})
 
 
-def print_stage_signals(signals: dict[str, list[list[StageSignal]]]) -> None:
+def print_stage_signals(signals: dict[tuple[str, str], list[list[StageSignal]]]) -> None:
     """What the hurdles would have cut in the runs that trained every candidate to
-    the end (`nas.stage_signal`), pooled over seeds: does fitness at each hurdle
-    stage predict the final fitness on this task?"""
+    the end (`nas.stage_signal`), pooled over seeds, with hurdles on either signal:
+    does the fitness, or minus the loss, at each hurdle stage predict the final
+    fitness on this task?"""
     if not signals:
         return
     print("\nstage signal of the runs without hurdles (each run's own hurdle: mean of its first trials there)\n")
-    print("| method | step | cleared | rank corr. with final (mean over seeds) | top quarter cleared | "
+    print("| method | signal | step | cleared | rank corr. with final (mean over seeds) | top quarter cleared | "
           "seeds whose best final was below the hurdle |")
-    print("|---|---|---|---|---|---|")
-    for method, runs in signals.items():
+    print("|---|---|---|---|---|---|---|")
+    for (method, signal), runs in signals.items():
         for k in range(min(len(r) for r in runs)):
             sig = [r[k] for r in runs if r[k].hurdle is not None]
             corr = [r[k].rank_corr for r in runs if r[k].rank_corr is not None]
             lost = sum(bool(s.best_lost) for s in sig)
-            print(f"| {method} | {runs[0][k].step} | {sum(s.cleared for s in sig)} of {sum(s.reported for s in sig)} | "
+            print(f"| {method} | {'-loss' if signal == 'loss' else signal} | {runs[0][k].step} | "
+                  f"{sum(s.cleared for s in sig)} of {sum(s.reported for s in sig)} | "
                   f"{statistics.mean(corr) if corr else float('nan'):.2f} | "
                   f"{sum(s.top_cleared for s in sig)} of {sum(s.top for s in sig)} | {lost} of {len(sig)} |")
 

@@ -39,9 +39,11 @@ def make_sampler(name: str, *, seed: int | None, population: int = 20, tournamen
     raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
 
 
-def make_pruner(name: str, *, stages: Sequence[int], min_trials: int = DEFAULT_MIN_TRIALS) -> optuna.pruners.BasePruner:
+def make_pruner(name: str, *, stages: Sequence[int], min_trials: int = DEFAULT_MIN_TRIALS,
+                signal: str = "loss") -> optuna.pruners.BasePruner:
+    """The pruner by name; `signal` (what the hurdles compare) applies to "hurdles" only."""
     if name == "hurdles":
-        return ProgressiveHurdlePruner(stages=tuple(stages), min_trials=min_trials)
+        return ProgressiveHurdlePruner(stages=tuple(stages), min_trials=min_trials, signal=signal)
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=min_trials, n_warmup_steps=0)
     if name == "hyperband":

@@ -13,7 +13,7 @@ import sys
 from typing import Sequence
 
 from nas.choices import PRUNERS, SAMPLERS
-from nas.hurdles import DEFAULT_MIN_TRIALS
+from nas.hurdles import DEFAULT_MIN_TRIALS, HURDLE_SIGNALS
 
 EXIT_USAGE = 2
 DEFAULT_TRIALS = 30
@@ -91,7 +91,10 @@ def _add_search_args(p: argparse.ArgumentParser, *, worker: bool) -> None:
     p.add_argument("--tournament", type=int, default=4, help="evolution tournament size S (default 4)")
     p.add_argument("--mutation-prob", type=float, default=0.2)
     p.add_argument("--hurdle-trials", type=int, default=DEFAULT_MIN_TRIALS,
-                   help=f"trials whose mean fitness sets each hurdle (default {DEFAULT_MIN_TRIALS})")
+                   help=f"trials whose mean sets each hurdle (default {DEFAULT_MIN_TRIALS})")
+    p.add_argument("--hurdle-signal", default="loss", choices=HURDLE_SIGNALS,
+                   help="what the hurdles compare: minus the validation loss (default, as the Evolved Transformer "
+                        "compared log perplexity) or the fitness")
     p.add_argument("--quiet", action="store_true", help="no per-trial lines")
     if worker:
         return
@@ -101,7 +104,7 @@ def _add_search_args(p: argparse.ArgumentParser, *, worker: bool) -> None:
     p.add_argument("--latency-ms", type=_positive_float, help="latency budget per batch in ms (default: the measured latency of a vanilla transformer)")
     p.add_argument("--memory-mb", type=_positive_float, help="peak inference memory budget in MiB (default: none)")
     p.add_argument("--steps", type=int, default=400, help="training steps of a candidate that clears every hurdle (default 400)")
-    p.add_argument("--stages", type=_stages, help="hurdle stages as step counts, e.g. 50,130,400 (default: steps/8, steps/3, steps)")
+    p.add_argument("--stages", type=_stages, help="hurdle stages as step counts, e.g. 50,130,400 (default: steps/16, steps/8, steps/3, steps)")
     p.add_argument("--no-warm-start", action="store_true", help="do not seed the search with a vanilla transformer")
     p.add_argument("--lr", type=_positive_float, help="peak learning rate of every candidate's training (default: the trainer's, 3e-3)")
     p.add_argument("--workers", type=_positive_int, default=1, help="worker processes on this machine (one per GPU, or CPU threads split)")
@@ -146,7 +149,8 @@ def _search_config(args: argparse.Namespace, argv: Sequence[str]):
         task_options=_task_options(args.task_option), latency_ms=args.latency_ms, memory_mb=args.memory_mb,
         trials=trials_limit(args), step_budget=args.step_budget, sampler=args.sampler, pruner=args.pruner, device=args.device, seed=args.seed,
         steps=args.steps, stages=args.stages, population=args.population, tournament=args.tournament,
-        mutation_prob=args.mutation_prob, hurdle_trials=args.hurdle_trials, warm_start=not args.no_warm_start,
+        mutation_prob=args.mutation_prob, hurdle_trials=args.hurdle_trials,
+        hurdle_signal=args.hurdle_signal, warm_start=not args.no_warm_start,
         command=command_line(list(argv)), measure_threads=args.measure_threads,
         train_options={} if args.lr is None else {"lr": args.lr},
     )

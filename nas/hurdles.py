@@ -14,10 +14,24 @@ Let ``stages = (s_1 < s_2 < ... < s_K)`` be the training steps at which an
 objective reports its fitness (``trial.report(fitness, s_k)``); ``s_K`` is the
 full training budget. Let ``m = min_trials``.
 
+*The signal.* What a hurdle compares is set by ``signal``:
+
+- ``"fitness"``: the value the trial reported at ``s_k``
+  (``trial.report(fitness, s_k)``), compared in the study's direction;
+- ``"loss"``: minus the validation loss at ``s_k``, read from the trial's user
+  attribute ``stage_metrics`` (``{"<s_k>": {"loss": ..., ...}}``, which nas's
+  objective writes before it reports), higher is better whatever the study's
+  direction. The Evolved Transformer's hurdles compared negative log
+  perplexity, a loss, not accuracy; on a task whose accuracy stays flat until
+  a late jump (MQAR: an induction head forming) the loss already separates the
+  candidates that will jump (README, "hurdle signal"). The trial must also
+  have reported at ``s_k``; a trial without a loss there is neither a
+  reporter nor judged.
+
 *Reporters at s_k.* The trials of the study in state COMPLETE, PRUNED or
-RUNNING whose intermediate values hold a **finite** value at step ``s_k`` (a
+RUNNING that reported at ``s_k`` and whose signal there is **finite** (a
 trial pruned *at* ``s_k`` reported there, so it counts). Trials in state FAIL
-or WAITING never count; a NaN or infinite report is never used to define a
+or WAITING never count; a NaN or infinite signal is never used to define a
 hurdle.
 
 *Hurdle k* (only for ``k < K``; there is no hurdle at the final stage). Sort
@@ -29,7 +43,7 @@ number of the m-th one ``n_m``. Hurdle k **is set** when
    without a report at ``s_k`` (such a trial could still report at ``s_k``
    and would then belong to the first ``m``).
 
-Its value is the arithmetic mean of those ``m`` values. Condition 2 is what
+Its value is the arithmetic mean of those ``m`` signals. Condition 2 is what
 makes the hurdle *stable* under parallel workers: trial numbers only grow,
 finished trials can no longer report, so once set, the defining ``m`` trials
 and the hurdle's value never change (the one exception: a defining trial that
@@ -37,14 +51,17 @@ was still RUNNING and later ends FAIL, e.g. a killed worker, drops out, and the
 next reporter by number takes its place).
 
 *Pruning.* ``prune(study, trial)`` looks only at the trial's latest report,
-at step ``s = trial.last_step`` with value ``v``:
+at step ``s = trial.last_step``, with signal ``v`` there:
 
 - ``s`` is not a stage, or ``s == s_K`` (final stage): never pruned;
-- ``s = s_k`` with ``k < K`` and ``v`` is NaN: pruned (whether or not the
-  hurdle is set: a diverged run is not worth training further);
+- ``s = s_k`` with ``k < K`` and ``v`` or the reported value is NaN: pruned
+  (whether or not the hurdle is set: a diverged run is not worth training
+  further);
+- with signal ``"loss"``, a trial without a loss at ``s_k``: not pruned;
 - otherwise pruned iff hurdle k is set, the trial is not one of the ``m``
-  trials defining it, and ``v < hurdle`` when the study maximizes
-  (``v > hurdle`` when it minimizes). A value equal to the hurdle passes.
+  trials defining it, and ``v < hurdle`` when the signal is maximized
+  (``v > hurdle`` for the fitness of a minimizing study). A value equal to
+  the hurdle passes.
 
 The pruner keeps no state: everything is recomputed from the study's storage
 on each call, so resumed studies and parallel workers (same SQLite or
@@ -88,8 +105,12 @@ from optuna.trial import FrozenTrial, TrialState
 # The trials whose mean sets each hurdle unless told otherwise: `nas search
 # --hurdle-trials`, SearchConfig, make_pruner and stage_signals all default to it.
 DEFAULT_MIN_TRIALS = 5
+# What the hurdles compare (see "The signal" above).
+HURDLE_SIGNALS = ("loss", "fitness")
+# The trial user attribute holding every metric at every stage, {"<step>": {name: value}}.
+STAGE_METRICS_ATTR = "stage_metrics"
 
-__all__ = ["Hurdle", "ProgressiveHurdlePruner"]
+__all__ = ["HURDLE_SIGNALS", "Hurdle", "ProgressiveHurdlePruner", "STAGE_METRICS_ATTR"]
 
 # Trials whose report at a stage may define its hurdle.
 _REPORTER_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
@@ -118,9 +139,12 @@ class ProgressiveHurdlePruner(optuna.pruners.BasePruner):
         min_trials: How many trials (the lowest-numbered to report at a stage)
             define that stage's hurdle; until that many have reported, nobody
             is pruned there.
+        signal: What the hurdles compare: ``"fitness"`` (the reported values,
+            the default here) or ``"loss"`` (minus the validation loss from the
+            trial's ``stage_metrics`` attribute; `nas search`'s default).
     """
 
-    def __init__(self, stages: Sequence[int], min_trials: int = DEFAULT_MIN_TRIALS) -> None:
+    def __init__(self, stages: Sequence[int], min_trials: int = DEFAULT_MIN_TRIALS, signal: str = "fitness") -> None:
         if isinstance(stages, (str, bytes)) or not isinstance(stages, Sequence):
             raise ValueError(f"stages must be a sequence of step counts, got {stages!r}")
         if len(stages) == 0:
@@ -136,8 +160,11 @@ class ProgressiveHurdlePruner(optuna.pruners.BasePruner):
             raise ValueError(f"min_trials must be an integer, got {min_trials!r}")
         if min_trials < 1:
             raise ValueError(f"min_trials must be >= 1, got {min_trials!r}")
+        if signal not in HURDLE_SIGNALS:
+            raise ValueError(f"signal must be one of {', '.join(HURDLE_SIGNALS)}, got {signal!r}")
         self._stages: tuple[int, ...] = tuple(int(s) for s in stages)
         self._min_trials = int(min_trials)
+        self._signal = signal
 
     @property
     def stages(self) -> tuple[int, ...]:
@@ -154,21 +181,36 @@ class ProgressiveHurdlePruner(optuna.pruners.BasePruner):
         """How many trials define each hurdle."""
         return self._min_trials
 
+    @property
+    def signal(self) -> str:
+        """What the hurdles compare: "fitness" or "loss" (minus the validation loss)."""
+        return self._signal
+
+    def signal_value(self, trial: FrozenTrial, step: int) -> float | None:
+        """The trial's signal at ``step`` (NaN and infinities included), or None
+        when it did not report there or, for "loss", recorded no loss there."""
+        if step not in trial.intermediate_values:
+            return None
+        if self._signal == "fitness":
+            return float(trial.intermediate_values[step])
+        metrics = (trial.user_attrs.get(STAGE_METRICS_ATTR) or {}).get(str(step)) or {}
+        loss = metrics.get("loss")
+        return None if loss is None else -float(loss)
+
+    def maximizes(self, study: optuna.study.Study) -> bool:
+        """Whether a higher signal is better (the loss signal always: it is negated)."""
+        return self._signal != "fitness" or study.direction != StudyDirection.MINIMIZE
+
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(stages={self._stages!r}, min_trials={self._min_trials})"
+        return f"{type(self).__name__}(stages={self._stages!r}, min_trials={self._min_trials}, signal={self._signal!r})"
 
     # ------------------------------------------------------------------ hurdles
 
     def _hurdle(self, trials: Sequence[FrozenTrial], step: int) -> Hurdle | None:
         """The hurdle at ``step`` computed from ``trials``, or None if not set."""
+        signals = {t.number: self.signal_value(t, step) for t in trials if t.state in _REPORTER_STATES}
         reporters = sorted(
-            (
-                t
-                for t in trials
-                if t.state in _REPORTER_STATES
-                and step in t.intermediate_values
-                and math.isfinite(t.intermediate_values[step])
-            ),
+            (t for t in trials if (v := signals.get(t.number)) is not None and math.isfinite(v)),
             key=lambda t: t.number,
         )
         if len(reporters) < self._min_trials:
@@ -182,7 +224,7 @@ class ProgressiveHurdlePruner(optuna.pruners.BasePruner):
                 and step not in t.intermediate_values
             ):
                 return None  # a lower-numbered trial may still report here
-        values = [float(t.intermediate_values[step]) for t in defining]
+        values = [signals[t.number] for t in defining]
         return Hurdle(
             step=step,
             value=math.fsum(values) / len(values),
@@ -209,13 +251,17 @@ class ProgressiveHurdlePruner(optuna.pruners.BasePruner):
         step = trial.last_step
         if step is None or step not in self.hurdle_stages:
             return False
-        value = trial.intermediate_values[step]
+        if math.isnan(trial.intermediate_values[step]):
+            return True
+        value = self.signal_value(trial, step)
+        if value is None:
+            return False  # the loss signal, and no loss recorded: not judged (module docstring)
         if math.isnan(value):
             return True
         trials = study.get_trials(deepcopy=False, states=_REPORTER_STATES + (TrialState.WAITING,))
         hurdle = self._hurdle(trials, step)
         if hurdle is None or trial.number in hurdle.trial_numbers:
             return False
-        if study.direction == StudyDirection.MINIMIZE:
+        if not self.maximizes(study):
             return value > hurdle.value
         return value < hurdle.value

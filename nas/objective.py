@@ -27,6 +27,7 @@ from evaluators.errors import TrialFailure
 from evaluators.hardware import measure_latency, measure_memory
 from evaluators.tasks.base import Task
 from evaluators.training import Trainer
+from nas.hurdles import STAGE_METRICS_ATTR
 from nas.tables import MeasureKey, Tables
 from search_spaces import ArchSpec, SearchSpace, SpecError, build_model, count_parameters
 
@@ -215,13 +216,20 @@ class Objective:
                           **self.train_options)
         t0 = time.perf_counter()
         reached: dict[int, float] = {}
+        # Every metric at every stage (JSON keys are strings: {"50": {"loss": ...}}), written
+        # before the report: the hurdles on the loss read it from there (nas.hurdles), and
+        # `benchmarks/hurdle_replay.py --signal loss` replays it.
+        stage_metrics: dict[str, dict[str, float]] = {}
 
         def report(step: int, result) -> None:
             reached[step] = float(result.fitness)
+            metrics = {k: float(v) for k, v in result.metrics.items()}
+            stage_metrics[str(step)] = metrics
             trial.set_user_attr("steps_trained", step)
             trial.set_user_attr("steps_spent", step)
             trial.set_user_attr("train_seconds", time.perf_counter() - t0)
-            trial.set_user_attr("metrics", {k: float(v) for k, v in result.metrics.items()})
+            trial.set_user_attr("metrics", metrics)
+            trial.set_user_attr(STAGE_METRICS_ATTR, stage_metrics)
             if step in replayed:
                 return  # reported, and judged by the pruner, in the replay
             trial.report(result.fitness, step)
@@ -276,15 +284,20 @@ class Objective:
             return {}
         trial.set_user_attr("replayed_from", twin.number)
         trial.set_user_attr("steps_spent", 0)
-        for key in ("params", "metrics"):
-            if key in twin.user_attrs:
-                trial.set_user_attr(key, twin.user_attrs[key])
+        if "params" in twin.user_attrs:
+            trial.set_user_attr("params", twin.user_attrs["params"])
+        twin_metrics = twin.user_attrs.get(STAGE_METRICS_ATTR) or {}
+        if not twin_metrics and "metrics" in twin.user_attrs:  # a twin recorded before stage_metrics existed
+            trial.set_user_attr("metrics", twin.user_attrs["metrics"])
         replayed: dict[int, float] = {}
         for step in self.stages:
             if step not in twin.intermediate_values:
                 break
             value = float(twin.intermediate_values[step])
             replayed[step] = value
+            if str(step) in twin_metrics:  # the metrics of the stages this trial reached, as if trained
+                trial.set_user_attr("metrics", twin_metrics[str(step)])
+                trial.set_user_attr(STAGE_METRICS_ATTR, {k: v for k, v in twin_metrics.items() if int(k) <= step})
             trial.report(value, step)
             trial.set_user_attr("steps_trained", step)
             if step < self.stages[-1] and trial.should_prune():

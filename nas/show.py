@@ -10,6 +10,7 @@ from typing import TextIO
 import optuna
 
 from nas.errors import NasError
+from nas.hurdles import DEFAULT_MIN_TRIALS
 from nas.results import HEADER, _row, fitness, format_table, is_feasible, pareto_front, summary_table, total_steps_spent
 from nas.stage_signal import format_stage_signals, stage_signals
 from nas.storage import check_storage, default_url, open_storage, redact, sqlite_path
@@ -45,32 +46,37 @@ def show(study: optuna.Study, *, top: int = 10, out: TextIO = sys.stdout) -> Non
     print(f"training steps spent: {steps}" + (replayed if replays else ""), file=out)
 
 
-def hurdle_setting(study: optuna.Study) -> tuple[int, bool | None, list[str]]:
-    """(min_trials, whether any trial ran under the hurdles, the pruners trials ran
-    under) from the trials' `search` attribute; (5, None, []) for a study whose
-    trials predate it."""
+def hurdle_setting(study: optuna.Study) -> tuple[int, str, bool | None, list[str]]:
+    """(min_trials, hurdle signal, whether any trial ran under the hurdles, the
+    pruners trials ran under) from the trials' `search` attribute, the most common
+    setting where workers differed; trials recorded before the signal existed ran
+    with hurdles on the fitness. (5, "fitness", None, []) for a study whose trials
+    predate the attribute."""
     infos = [t.user_attrs["search"] for t in study.get_trials(deepcopy=False)
              if isinstance(t.user_attrs.get("search"), dict)]
     if not infos:
-        return 5, None, []
+        return DEFAULT_MIN_TRIALS, "fitness", None, []
     pruners = sorted({str(i.get("pruner")) for i in infos})
     hurdled = [i for i in infos if i.get("pruner") == "hurdles"]
     counts = Counter(int(i["hurdle_trials"]) for i in (hurdled or infos) if "hurdle_trials" in i)
-    return (counts.most_common(1)[0][0] if counts else 5), bool(hurdled), pruners
+    signals = Counter(str(i.get("hurdle_signal", "fitness")) for i in (hurdled or infos))
+    return ((counts.most_common(1)[0][0] if counts else DEFAULT_MIN_TRIALS), signals.most_common(1)[0][0],
+            bool(hurdled), pruners)
 
 
 def hurdles_summary(study: optuna.Study, stages: list[int]) -> str:
     """The hurdles' values (or, for a study searched without them, what they would
     have been) and the stage signal table (`nas.stage_signal`)."""
-    m, applied, pruners = hurdle_setting(study)
-    signals = stage_signals(study, stages, m)  # computes the hurdles too: read their values from it
+    m, signal, applied, pruners = hurdle_setting(study)
+    signals = stage_signals(study, stages, m, signal)  # computes the hurdles too: read their values from it
     values = ", ".join(f"{s.step}: {s.hurdle:.4f}" for s in signals if s.hurdle is not None) or "none set yet"
+    what = "fitness" if signal == "fitness" else "-loss"
     if applied is False:
         head = (f"hurdles: none applied (trials ran with --pruner {', '.join(pruners)}); "
-                f"the mean fitness of the first {m} trials at each stage: {values}")
+                f"the mean {what} of the first {m} trials at each stage: {values}")
     else:
-        head = f"hurdles (step: mean fitness of the first {m} trials to reach it): {values}"
-    return (head + "\nstage signal (does fitness at a hurdle stage predict the final fitness? "
+        head = f"hurdles (step: mean {what} of the first {m} trials to reach it): {values}"
+    return (head + f"\nstage signal (does {what} at a hurdle stage predict the final fitness? "
             "see nas/stage_signal.py):\n" + format_stage_signals(signals))
 
 

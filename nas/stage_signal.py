@@ -1,4 +1,4 @@
-"""Did the hurdles' early fitness predict the final fitness?
+"""Did the hurdles' early signal (fitness, or minus the loss) predict the final fitness?
 
 Progressive dynamic hurdles (So, Liang & Le, "The Evolved Transformer", ICML
 2019, section 3.2) save training steps only if a candidate's fitness at an
@@ -8,15 +8,18 @@ stops candidates at random and costs the search its best ones. This module
 measures that from a study's own trials, so a user can check the stages they
 picked (`nas show` prints it):
 
-For each hurdle stage ``s`` (every stage but the last):
+The *signal* at a stage is what the hurdles compare there
+(:class:`ProgressiveHurdlePruner`'s ``signal``): the fitness reported there, or
+minus the validation loss recorded there. For each hurdle stage ``s`` (every
+stage but the last):
 
 - ``hurdle``: the hurdle's value (:meth:`ProgressiveHurdlePruner.hurdle_details`
   with the study's ``min_trials``), or None while it is not set;
 - ``reported`` / ``cleared``: finished trials (COMPLETE or PRUNED) with a finite
-  fitness at ``s``, and how many of those were at or above the hurdle (at or
-  below it for a minimizing study), the pruner's own comparison;
-- over the *paired* trials, COMPLETE ones with a finite fitness both at ``s``
-  and at the final stage (trials that replayed an architecture trained before
+  signal at ``s``, and how many of those were at or above the hurdle (at or
+  below it for the fitness of a minimizing study), the pruner's own comparison;
+- over the *paired* trials, COMPLETE ones with a finite signal at ``s`` and a
+  finite fitness at the final stage (trials that replayed an architecture trained before
   are left out, as copies of another trial's curve):
   ``rank_corr``, Spearman's rank correlation between the two (ties get average
   ranks; None with fewer than 3 pairs or a constant side); ``top``, the top
@@ -78,27 +81,35 @@ def _rank_corr(xs: list[float], ys: list[float]) -> float | None:
     return float(spearmanr(xs, ys).statistic)
 
 
-def stage_signals(study: optuna.Study, stages: tuple[int, ...] | list[int], min_trials: int = DEFAULT_MIN_TRIALS) -> list[StageSignal]:
-    """One :class:`StageSignal` per hurdle stage of ``stages`` (all but the last)."""
+def stage_signals(study: optuna.Study, stages: tuple[int, ...] | list[int], min_trials: int = DEFAULT_MIN_TRIALS,
+                  signal: str = "fitness") -> list[StageSignal]:
+    """One :class:`StageSignal` per hurdle stage of ``stages`` (all but the last),
+    with the hurdles on ``signal`` ("fitness" or "loss")."""
     stages = tuple(int(s) for s in stages)
     if len(stages) < 2:
         return []
     final = stages[-1]
-    hurdles = ProgressiveHurdlePruner(stages=stages, min_trials=min_trials).hurdle_details(study)
-    maximize = study.direction != StudyDirection.MINIMIZE
+    pruner = ProgressiveHurdlePruner(stages=stages, min_trials=min_trials, signal=signal)
+    hurdles = pruner.hurdle_details(study)
+    final_max = study.direction != StudyDirection.MINIMIZE  # the final fitness's direction
+    maximize = pruner.maximizes(study)  # the signal's
+
+    def signal_at(t: FrozenTrial, step: int) -> float | None:
+        v = pruner.signal_value(t, step)
+        return v if v is not None and math.isfinite(v) else None
     finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
     out = []
     for step in stages[:-1]:
         h = hurdles[step].value if step in hurdles else None
         clears = (lambda v: v >= h) if maximize else (lambda v: v <= h)  # the pruner's own rule: equal passes
-        at_step = [v for v in (_finite_at(t, step) for t in finished) if v is not None]
-        pairs = [(_finite_at(t, step), _finite_at(t, final)) for t in finished
+        at_step = [v for v in (signal_at(t, step) for t in finished) if v is not None]
+        pairs = [(signal_at(t, step), _finite_at(t, final)) for t in finished
                  if t.state == TrialState.COMPLETE and "replayed_from" not in t.user_attrs]
         pairs = [(v, f) for v, f in pairs if v is not None and f is not None]
         # Top quarter by final fitness; on ties at the cut the earlier-listed (lower number) trial stays.
-        ranked = sorted(pairs, key=lambda p: p[1], reverse=maximize)
+        ranked = sorted(pairs, key=lambda p: p[1], reverse=final_max)
         top = ranked[: max(1, math.ceil(len(ranked) / 4))] if ranked else []
-        pick = max if maximize else min
+        pick = max if final_max else min
         above = [f for v, f in pairs if h is not None and clears(v)]
         below = [f for v, f in pairs if h is not None and not clears(v)]
         best_below = pick(below) if below else None

@@ -310,3 +310,64 @@ def test_pruned_with_nan_has_no_value_but_keeps_intermediate():
     assert t.state == TrialState.PRUNED
     assert t.value is None
     assert math.isnan(t.intermediate_values[10])
+
+
+# ------------------------------------------------------------------ hurdles on the loss
+
+
+def _add_with_loss(study: optuna.Study, ivs: dict[int, float], losses: dict[int, float],
+                   state: TrialState = TrialState.COMPLETE) -> None:
+    value = ivs[max(ivs)] if state == TrialState.COMPLETE else None
+    study.add_trial(create_trial(state=state, value=value, intermediate_values=ivs,
+                                 user_attrs={"stage_metrics": {str(s): {"loss": v} for s, v in losses.items()}}))
+
+
+def _judge_with_loss(study: optuna.Study, fitness: float, loss: float | None, step: int) -> bool:
+    """Like _judge, with the loss written where nas's objective writes it: before the report."""
+    trial = study.ask()
+    if loss is not None:
+        trial.set_user_attr("stage_metrics", {str(step): {"loss": loss}})
+    trial.report(fitness, step)
+    decision = trial.should_prune()
+    assert study.pruner.prune(study, study._storage.get_trial(trial._trial_id)) == decision
+    study.tell(trial, state=TrialState.PRUNED)
+    return decision
+
+
+@pytest.mark.parametrize("direction", ["maximize", "minimize"])
+def test_loss_hurdle_by_hand(direction):
+    # The loss ranks the other way round from the fitness: trials 0-2 define the hurdle
+    # at 10 on -loss: mean(-2, -3, -4) = -3 (a loss of 3). The study's direction is the
+    # fitness's; the loss is lower-is-better either way.
+    pruner = ProgressiveHurdlePruner(STAGES, min_trials=3, signal="loss")
+    s = optuna.create_study(direction=direction, pruner=pruner)
+    _add_with_loss(s, {10: 0.1}, {10: 2.0}, TrialState.PRUNED)
+    _add_with_loss(s, {10: 0.2}, {10: 3.0}, TrialState.PRUNED)
+    _add_with_loss(s, {10: 0.3}, {10: 4.0}, TrialState.PRUNED)
+    assert pruner.hurdles(s) == {10: pytest.approx(-3.0)}
+    assert pruner.signal == "loss" and "signal='loss'" in repr(pruner)
+    assert _judge_with_loss(s, 0.9, 3.5, 10)  # best fitness, loss above 3: stopped
+    assert not _judge_with_loss(s, 0.0, 2.5, 10)  # worst fitness, loss below 3: goes on
+    assert not _judge_with_loss(s, 0.0, 3.0, 10)  # equal passes
+    assert _judge_with_loss(s, 0.5, math.inf, 10)  # an infinite loss is below any hurdle
+    assert not _judge_with_loss(s, 0.5, 9.0, 90)  # never at the final stage
+
+
+def test_loss_hurdle_skips_trials_without_a_loss_and_prunes_nan():
+    pruner = ProgressiveHurdlePruner(STAGES, min_trials=2, signal="loss")
+    s = optuna.create_study(direction="maximize", pruner=pruner)
+    _add(s, {10: 0.9}, TrialState.PRUNED)  # recorded before stage_metrics: no loss, not a reporter
+    _add_with_loss(s, {10: 0.1}, {10: math.nan}, TrialState.PRUNED)  # NaN loss: never defines
+    assert pruner.hurdles(s) == {}
+    _add_with_loss(s, {10: 0.1}, {10: 1.0}, TrialState.PRUNED)
+    _add_with_loss(s, {10: 0.1}, {10: 2.0}, TrialState.PRUNED)
+    h = pruner.hurdle_details(s)[10]
+    assert h.value == pytest.approx(-1.5) and h.trial_numbers == (2, 3)
+    assert not _judge_with_loss(s, 0.0, None, 10)  # no loss recorded: not judged
+    assert _judge_with_loss(s, 0.9, math.nan, 10)  # a NaN loss: diverged
+    assert _judge_with_loss(s, math.nan, 0.5, 10)  # a NaN fitness: diverged, whatever the loss
+
+
+def test_invalid_signal():
+    with pytest.raises(ValueError, match="signal must be one of loss, fitness"):
+        ProgressiveHurdlePruner(STAGES, signal="accuracy")

@@ -101,12 +101,12 @@ def test_show_says_which_hurdles_applied(tmp_path):
     Search(tiny_config(tmp_path, "n", pruner="none"), log=io.StringIO()).run()
     h = optuna.load_study(study_name="h", storage=tiny_config(tmp_path, "h").storage)
     n = optuna.load_study(study_name="n", storage=tiny_config(tmp_path, "n").storage)
-    assert hurdle_setting(h) == (3, True, ["hurdles"])
-    assert hurdle_setting(n) == (2, False, ["none"])
+    assert hurdle_setting(h) == (3, "loss", True, ["hurdles"])
+    assert hurdle_setting(n) == (2, "loss", False, ["none"])
     out_h, out_n = io.StringIO(), io.StringIO()
     show(h, out=out_h)
     show(n, out=out_n)
-    assert "mean fitness of the first 3 trials to reach it" in out_h.getvalue()
+    assert "mean -loss of the first 3 trials to reach it" in out_h.getvalue()
     assert "none applied (trials ran with --pruner none)" in out_n.getvalue()
     # The pruner none run trained every feasible trial to the end: all are paired.
     complete = [t for t in n.get_trials(states=(TrialState.COMPLETE,)) if "replayed_from" not in t.user_attrs
@@ -114,3 +114,28 @@ def test_show_says_which_hurdles_applied(tmp_path):
     (sig,) = stage_signals(n, (4, 8), min_trials=2)
     assert sig.paired == len(complete) > 0
     assert "stage signal" in out_n.getvalue() and f"(n={sig.paired})" in out_n.getvalue()
+
+
+def test_show_of_a_study_searched_with_hurdles_on_the_fitness(tmp_path):
+    Search(tiny_config(tmp_path, "f", hurdle_signal="fitness"), log=io.StringIO()).run()
+    f = optuna.load_study(study_name="f", storage=tiny_config(tmp_path, "f").storage)
+    assert hurdle_setting(f) == (2, "fitness", True, ["hurdles"])
+    out = io.StringIO()
+    show(f, out=out)
+    assert "mean fitness of the first 2 trials to reach it" in out.getvalue()
+
+
+def test_loss_signal_figures_match_the_hand_computed_ones():
+    # Fitness and loss disagree at step 10: the loss (lower is better) ranks trial 3,
+    # the best final, first; the fitness ranks it last.
+    s = optuna.create_study(direction="maximize")
+    for f10, loss10, final in ((0.5, 2.0, 0.5), (0.75, 3.0, 0.25), (0.625, 2.5, 0.375), (0.25, 1.0, 0.875)):
+        _add(s, TrialState.COMPLETE, {10: f10, 40: final}, final, stage_metrics={"10": {"loss": loss10}})
+    (sig,) = stage_signals(s, (10, 40), min_trials=2, signal="loss")
+    # Hurdle on -loss: mean(-2, -3) = -2.5; cleared (-loss >= -2.5): trials 0, 2, 3.
+    assert sig.hurdle == pytest.approx(-2.5) and (sig.reported, sig.cleared) == (4, 3)
+    # -loss ranks 0..3 as 3, 1, 2, 4 and the final as 3, 1, 2, 4: rho = 1.
+    assert sig.rank_corr == pytest.approx(1.0)
+    assert (sig.top, sig.top_cleared) == (1, 1) and sig.best_lost is False
+    (fit,) = stage_signals(s, (10, 40), min_trials=2)  # the same trials on the fitness
+    assert fit.hurdle == pytest.approx(0.625) and fit.cleared == 2 and fit.best_lost is True
