@@ -55,19 +55,15 @@ def recorded_curves(url: str, stages: tuple[int, ...], signal: str = "fitness") 
     """One curve per distinct fully trained architecture: the hurdle signal at each
     stage but the last (the fitness, or with signal "loss" minus the validation
     loss), then the final fitness."""
+    read = ProgressiveHurdlePruner(stages=stages, signal=signal).signal_value  # what the pruner compares
     curves: dict[str, tuple[float, ...]] = {}
     for summary in optuna.get_all_study_summaries(url):
         study = optuna.load_study(study_name=summary.study_name, storage=url)
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-            iv, sm = t.intermediate_values, t.user_attrs.get("stage_metrics") or {}
-            if not all(s in iv for s in stages):
-                continue
-            if signal == "fitness":
-                head = [float(iv[s]) for s in stages[:-1]]
-            elif all("loss" in sm.get(str(s), {}) for s in stages[:-1]):
-                head = [-float(sm[str(s)]["loss"]) for s in stages[:-1]]
-            else:
-                continue  # recorded before stage_metrics: no loss per stage
+            iv = t.intermediate_values
+            head = [read(t, s) for s in stages[:-1]]
+            if stages[-1] not in iv or None in head:
+                continue  # not trained through, or recorded before stage_metrics (no loss per stage)
             key = t.user_attrs.get("arch_hash") or json.dumps(t.params, sort_keys=True)
             curves[key] = (*head, float(iv[stages[-1]]))
     return list(curves.values())

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import optuna
 
-from nas.hurdles import DEFAULT_MIN_TRIALS, ProgressiveHurdlePruner
+from nas.hurdles import DEFAULT_HURDLE_SIGNAL, DEFAULT_MIN_TRIALS, ProgressiveHurdlePruner
 
 SAMPLERS = ("evolution", "tpe", "nsga2", "cmaes", "gp", "random")
 PRUNERS = ("hurdles", "median", "hyperband", "none")
@@ -40,7 +40,7 @@ def make_sampler(name: str, *, seed: int | None, population: int = 20, tournamen
 
 
 def make_pruner(name: str, *, stages: Sequence[int], min_trials: int = DEFAULT_MIN_TRIALS,
-                signal: str = "loss") -> optuna.pruners.BasePruner:
+                signal: str = DEFAULT_HURDLE_SIGNAL) -> optuna.pruners.BasePruner:
     """The pruner by name; `signal` (what the hurdles compare) applies to "hurdles" only."""
     if name == "hurdles":
         return ProgressiveHurdlePruner(stages=tuple(stages), min_trials=min_trials, signal=signal)

@@ -13,7 +13,7 @@ import sys
 from typing import Sequence
 
 from nas.choices import PRUNERS, SAMPLERS
-from nas.hurdles import DEFAULT_MIN_TRIALS, HURDLE_SIGNALS
+from nas.hurdles import DEFAULT_HURDLE_SIGNAL, DEFAULT_MIN_TRIALS, HURDLE_SIGNALS
 
 EXIT_USAGE = 2
 DEFAULT_TRIALS = 30
@@ -92,7 +92,7 @@ def _add_search_args(p: argparse.ArgumentParser, *, worker: bool) -> None:
     p.add_argument("--mutation-prob", type=float, default=0.2)
     p.add_argument("--hurdle-trials", type=int, default=DEFAULT_MIN_TRIALS,
                    help=f"trials whose mean sets each hurdle (default {DEFAULT_MIN_TRIALS})")
-    p.add_argument("--hurdle-signal", default="loss", choices=HURDLE_SIGNALS,
+    p.add_argument("--hurdle-signal", default=DEFAULT_HURDLE_SIGNAL, choices=HURDLE_SIGNALS,
                    help="what the hurdles compare: minus the validation loss (default, as the Evolved Transformer "
                         "compared log perplexity) or the fitness")
     p.add_argument("--quiet", action="store_true", help="no per-trial lines")

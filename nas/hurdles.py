@@ -105,12 +105,14 @@ from optuna.trial import FrozenTrial, TrialState
 # The trials whose mean sets each hurdle unless told otherwise: `nas search
 # --hurdle-trials`, SearchConfig, make_pruner and stage_signals all default to it.
 DEFAULT_MIN_TRIALS = 5
-# What the hurdles compare (see "The signal" above).
+# What the hurdles compare (see "The signal" above), and what `nas search
+# --hurdle-signal`, SearchConfig and make_pruner default to.
 HURDLE_SIGNALS = ("loss", "fitness")
+DEFAULT_HURDLE_SIGNAL = "loss"
 # The trial user attribute holding every metric at every stage, {"<step>": {name: value}}.
 STAGE_METRICS_ATTR = "stage_metrics"
 
-__all__ = ["HURDLE_SIGNALS", "Hurdle", "ProgressiveHurdlePruner", "STAGE_METRICS_ATTR"]
+__all__ = ["DEFAULT_HURDLE_SIGNAL", "HURDLE_SIGNALS", "Hurdle", "ProgressiveHurdlePruner", "STAGE_METRICS_ATTR"]
 
 # Trials whose report at a stage may define its hurdle.
 _REPORTER_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)

@@ -25,7 +25,7 @@ from evaluators.errors import TaskError, TrialFailure
 from evaluators.hardware import default_threads, resolve_device
 from evaluators.tasks import get_task
 from nas.choices import make_pruner, make_sampler
-from nas.hurdles import DEFAULT_MIN_TRIALS, HURDLE_SIGNALS
+from nas.hurdles import DEFAULT_HURDLE_SIGNAL, DEFAULT_MIN_TRIALS, HURDLE_SIGNALS
 from nas.objective import Budget, Measurement, Objective, measure, measure_key
 from nas.results import FINISHED, best_feasible, finished_count, steps_spent, summary_table, total_steps_spent
 from nas.storage import STUDIES_DIR, check_storage, check_study_name, default_url, open_storage, redact, sqlite_path
@@ -77,7 +77,7 @@ class SearchConfig:
     tournament: int = 4
     mutation_prob: float = 0.2
     hurdle_trials: int = DEFAULT_MIN_TRIALS
-    hurdle_signal: str = "loss"  # what the hurdles compare: "loss" (minus the validation loss) or "fitness"
+    hurdle_signal: str = DEFAULT_HURDLE_SIGNAL  # what the hurdles compare: "loss" (minus the validation loss) or "fitness"
     warm_start: bool = True
     measure_threads: int | None = None
     train_options: dict[str, Any] = field(default_factory=dict)
