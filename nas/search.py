@@ -243,6 +243,12 @@ class Search:
         cheapest = self.space.cheapest(shape)
         m = measure(cheapest, device=self.device, batch_size=self.task.batch_size, tables=None,
                     threads=self.threads, seed=cfg.seed)
+        if cfg.latency_ms is not None and m.latency_ms > cfg.latency_ms:
+            # Timed once more before refusing: a burst of load from another process
+            # should not refuse a study whose budget the machine can meet.
+            again = measure(cheapest, device=self.device, batch_size=self.task.batch_size, tables=None,
+                            threads=self.threads, seed=cfg.seed)
+            m = min(m, again, key=lambda x: x.latency_ms)
         measured = [(cheapest, m)]
         latency_ms = cfg.latency_ms
         if latency_ms is None:
@@ -257,7 +263,11 @@ class Search:
             latency_ms = math.ceil(r.latency_ms * 1000) / 1000
             self._print(f"no --latency-ms given: budget = measured latency of the {'vanilla transformer' if vanilla else 'cheapest architecture'} "
                         f"({latency_ms:.3f} ms per batch of {self.task.batch_size} on {self.device.type})")
-        if m.latency_ms > latency_ms:
+        # A budget derived from the vanilla transformer can be met by construction: that
+        # transformer's own measurement, cached below, is the budget. Checking the
+        # cheapest architecture against it would only compare two noisy timings of
+        # near-equal models (in a small space the cheapest may be the vanilla one).
+        if cfg.latency_ms is not None and m.latency_ms > latency_ms:
             raise SearchError(
                 f"latency budget {latency_ms:g} ms cannot be met: the cheapest architecture of space {self.space.name!r} "
                 f"measures {m.latency_ms:.3f} ms on {self.device.type}; raise --latency-ms above {m.latency_ms:.3f}"
