@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 
-from nas.hurdles import ProgressiveHurdlePruner  # noqa: E402
+from nas.hurdles import ProgressiveHurdlePruner, signal_label  # noqa: E402
 
 
 def recorded_curves(url: str, stages: tuple[int, ...], signal: str = "fitness") -> list[tuple[float, ...]]:
@@ -139,10 +139,10 @@ def main() -> None:
     first = np.array([c[0] for c in curves])
     pct = lambda x: (first < x).mean()  # noqa: E731
     solvers = sorted(pct(c[0]) for c in curves if c[-1] > args.solved)
-    print(f"{'fitness' if args.signal == 'fitness' else '-loss'} at step {stages[0]}: the mean sits at the {pct(first.mean()):.0%} percentile; "
+    print(f"{signal_label(args.signal)} at step {stages[0]}: the mean sits at the {pct(first.mean()):.0%} percentile; "
           f"{len(solvers)} solvers (final > {args.solved}) sat at percentiles "
           + ", ".join(f"{p:.0%}" for p in solvers) + "\n")
-    print(f"hurdles on: {args.signal if args.signal == 'fitness' else '-loss'}\n")
+    print(f"hurdles on: {signal_label(args.signal)}\n")
     print("| stages | min_trials | cut (mean) | best lost by > 1% | stopped at (random orders) |")
     print("|---|---|---|---|---|")
     rng = np.random.default_rng(args.seed)

@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import optuna  # noqa: E402
 
-from nas.hurdles import HURDLE_SIGNALS  # noqa: E402
+from nas.hurdles import HURDLE_SIGNALS, signal_label  # noqa: E402
 from nas.results import fitness, is_feasible, steps_spent  # noqa: E402
 from nas.search import Search, SearchConfig  # noqa: E402
 from nas.stage_signal import StageSignal, stage_signals  # noqa: E402
@@ -64,6 +64,10 @@ METHODS = {
     # hurdles too? What did hurdles on the fitness (accuracy on MQAR) give?
     "tpe+hurdles": dict(sampler="tpe", pruner="hurdles"),
     "evolution+fitness-hurdles": dict(sampler="evolution", pruner="hurdles", hurdle_signal="fitness"),
+    # Evolution whose tournament compares the fitness (--selection-signal fitness),
+    # the default before minus the loss.
+    "fitness-evolution+hurdles": dict(sampler="evolution", pruner="hurdles", selection_signal="fitness"),
+    "fitness-evolution": dict(sampler="evolution", pruner="none", selection_signal="fitness"),
 }
 DEFAULT_METHODS = ["evolution+hurdles", "evolution", "tpe", "random"]
 
@@ -134,7 +138,7 @@ def main() -> None:
             for signal in HURDLE_SIGNALS:
                 signals.setdefault((method, signal), []).append(
                     stage_signals(study, search.stages, cfg.hurdle_trials, signal))
-            print(f"seed {seed} {method:<18} trials {len(traj):>3}  steps {traj[-1][0]:>6}  "
+            print(f"seed {seed} {method:<24} trials {len(traj):>3}  steps {traj[-1][0]:>6}  "
                   f"best {traj[-1][1] if traj[-1][1] is not None else float('nan'):.4f}  ({time.time() - t0:.0f} s)",
                   flush=True)
     limit = f"{args.step_budget} training steps" if args.step_budget else f"{args.trials} trials"
@@ -189,7 +193,7 @@ def print_stage_signals(signals: dict[tuple[str, str], list[list[StageSignal]]])
             sig = [r[k] for r in runs if r[k].hurdle is not None]
             corr = [r[k].rank_corr for r in runs if r[k].rank_corr is not None]
             lost = sum(bool(s.best_lost) for s in sig)
-            print(f"| {method} | {'-loss' if signal == 'loss' else signal} | {runs[0][k].step} | "
+            print(f"| {method} | {signal_label(signal)} | {runs[0][k].step} | "
                   f"{sum(s.cleared for s in sig)} of {sum(s.reported for s in sig)} | "
                   f"{statistics.mean(corr) if corr else float('nan'):.2f} | "
                   f"{sum(s.top_cleared for s in sig)} of {sum(s.top for s in sig)} | {lost} of {len(sig)} |")

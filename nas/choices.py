@@ -7,21 +7,26 @@ from typing import Sequence
 
 import optuna
 
-from nas.hurdles import DEFAULT_HURDLE_SIGNAL, DEFAULT_MIN_TRIALS, ProgressiveHurdlePruner
+from nas.hurdles import (DEFAULT_HURDLE_SIGNAL, DEFAULT_MIN_TRIALS, DEFAULT_SELECTION_SIGNAL, HURDLE_SIGNALS,                          ProgressiveHurdlePruner, minus_last_loss)
 
 SAMPLERS = ("evolution", "tpe", "nsga2", "cmaes", "gp", "random")
 PRUNERS = ("hurdles", "median", "hyperband", "none")
 
 
 def make_sampler(name: str, *, seed: int | None, population: int = 20, tournament: int = 5,
-                 mutation_prob: float = 0.2) -> optuna.samplers.BaseSampler:
+                 mutation_prob: float = 0.2, selection: str = DEFAULT_SELECTION_SIGNAL) -> optuna.samplers.BaseSampler:
     """Our evolution or one of Optuna's own samplers. All read the trials'
-    constraints (`trial.set_constraint`) where they support constraints."""
+    constraints (`trial.set_constraint`) where they support constraints.
+    `selection` (what evolution's tournament compares: "fitness" or "loss",
+    minus the validation loss at the trial's last stage) applies to "evolution" only."""
+    if selection not in HURDLE_SIGNALS:
+        raise ValueError(f"unknown selection signal {selection!r}; choose one of {', '.join(HURDLE_SIGNALS)}")
     if name == "evolution":
         from nas.evolution import EvolutionSampler
 
         return EvolutionSampler(population_size=population, tournament_size=tournament,
-                                mutation_prob=mutation_prob, seed=seed)
+                                mutation_prob=mutation_prob, seed=seed,
+                                score=minus_last_loss if selection == "loss" else None)
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, population))
     if name == "nsga2":

@@ -27,6 +27,11 @@ The rule, for a single-objective study (``study.direction`` respected):
       constraints is feasible; with ``constraints_aware=False`` every trial is);
    c. smaller total violation ``sum(max(0, c))`` wins;
    d. the better value wins (higher for ``maximize``, lower for ``minimize``);
+      with a ``score`` function given, the higher score wins instead, and a
+      trial whose score is None or NaN counts as one without a value in (a)
+      (the Evolved Transformer's tournament compared negative log perplexity,
+      a loss, while its winner was reported on the task metric: ``score``
+      lets the selection read a signal other than the study's value);
    e. on a full tie, the member drawn first wins.
 
 4. **Mutation**: each parameter of the parent is marked *mutated* with
@@ -74,7 +79,7 @@ import datetime
 import hashlib
 import math
 import threading
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from optuna.distributions import (
@@ -112,6 +117,9 @@ class EvolutionSampler(BaseSampler):
         seed: base seed of every random decision; ``None`` draws one.
         constraints_aware: rank feasible trials above infeasible ones using the
             trials' Optuna constraints; ``False`` ignores constraints.
+        score: what the tournament compares instead of the study's value: a
+            function of the finished trial, higher is fitter, None (or NaN) for
+            a trial without one. ``None`` (the default) compares the value.
     """
 
     def __init__(
@@ -121,6 +129,7 @@ class EvolutionSampler(BaseSampler):
         mutation_prob: float = 0.2,
         seed: int | None = None,
         constraints_aware: bool = True,
+        score: Callable[[FrozenTrial], float | None] | None = None,
     ) -> None:
         if not _is_int(population_size) or population_size < 1:
             raise ValueError(f"population_size must be an integer >= 1, got {population_size!r}")
@@ -139,12 +148,15 @@ class EvolutionSampler(BaseSampler):
             raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
         if not isinstance(constraints_aware, bool):
             raise ValueError(f"constraints_aware must be True or False, got {constraints_aware!r}")
+        if score is not None and not callable(score):
+            raise ValueError(f"score must be a function of a FrozenTrial or None, got {score!r}")
         self._population_size = int(population_size)
         self._tournament_size = int(tournament_size)
         self._mutation_prob = float(mutation_prob)
         self._seed = seed
         self._base_seed = int(seed) if seed is not None else _fresh_seed()
         self._constraints_aware = constraints_aware
+        self._score = score
         self._cache: dict[tuple[int, int], tuple[Any, FrozenTrial | None, frozenset[str]]] = {}
         self._cache_lock = threading.Lock()
 
@@ -199,16 +211,20 @@ class EvolutionSampler(BaseSampler):
 
     def fitness(self, study: Study, trial: FrozenTrial) -> tuple:
         """The sort key of a trial: larger is fitter (see the module docstring)."""
-        value = _value_of(trial)
+        if self._score is None:
+            value = _value_of(trial)
+            signed = None if value is None else (value if study.direction == StudyDirection.MAXIMIZE else -value)
+        else:
+            score = self._score(trial)
+            signed = None if score is None or math.isnan(float(score)) else float(score)
         if self._constraints_aware:
             constraints = trial.constraints.values()
             violation = sum(max(0.0, float(c)) for c in constraints)
             feasible = all(float(c) <= 0.0 for c in constraints)
         else:
             violation, feasible = 0.0, True
-        if value is None:
+        if signed is None:
             return (False, feasible, -violation, -math.inf)
-        signed = value if study.direction == StudyDirection.MAXIMIZE else -value
         return (True, feasible, -violation, signed)
 
     def _plan(self, study: Study, trial: FrozenTrial) -> tuple[int | None, frozenset[str]]:

@@ -25,7 +25,7 @@ from evaluators.errors import TaskError, TrialFailure
 from evaluators.hardware import default_threads, resolve_device
 from evaluators.tasks import get_task
 from nas.choices import make_pruner, make_sampler
-from nas.hurdles import DEFAULT_HURDLE_SIGNAL, DEFAULT_MIN_TRIALS, HURDLE_SIGNALS
+from nas.hurdles import DEFAULT_HURDLE_SIGNAL, DEFAULT_MIN_TRIALS, DEFAULT_SELECTION_SIGNAL, HURDLE_SIGNALS
 from nas.objective import Budget, Measurement, Objective, measure, measure_key
 from nas.results import FINISHED, best_feasible, finished_count, steps_spent, summary_table, total_steps_spent
 from nas.storage import STUDIES_DIR, check_storage, check_study_name, default_url, open_storage, redact, sqlite_path
@@ -78,6 +78,7 @@ class SearchConfig:
     mutation_prob: float = 0.2
     hurdle_trials: int = DEFAULT_MIN_TRIALS
     hurdle_signal: str = DEFAULT_HURDLE_SIGNAL  # what the hurdles compare: "loss" (minus the validation loss) or "fitness"
+    selection_signal: str = DEFAULT_SELECTION_SIGNAL  # what evolution's tournament compares, the same two choices
     warm_start: bool = True
     measure_threads: int | None = None
     train_options: dict[str, Any] = field(default_factory=dict)
@@ -128,6 +129,8 @@ class Search:
             raise SearchError("nothing limits the search; give --trials N, --step-budget STEPS or both")
         if cfg.hurdle_signal not in HURDLE_SIGNALS:
             raise SearchError(f"--hurdle-signal must be one of {', '.join(HURDLE_SIGNALS)}, got {cfg.hurdle_signal!r}")
+        if cfg.selection_signal not in HURDLE_SIGNALS:
+            raise SearchError(f"--selection-signal must be one of {', '.join(HURDLE_SIGNALS)}, got {cfg.selection_signal!r}")
         try:
             Budget(cfg.latency_ms, cfg.memory_mb)  # validates numbers before any work
         except ValueError as e:
@@ -292,13 +295,13 @@ class Search:
             seed=self.cfg.seed, measure_batch=self.task.batch_size, threads=self.threads,
             train_options=self.train_options,
             search_info={"sampler": self.cfg.sampler, "pruner": self.cfg.pruner, "hurdle_trials": self.cfg.hurdle_trials,
-                         "hurdle_signal": self.cfg.hurdle_signal},
+                         "hurdle_signal": self.cfg.hurdle_signal, "selection_signal": self.cfg.selection_signal},
         )
 
     def load(self) -> optuna.Study:
         cfg = self.cfg
         sampler = make_sampler(cfg.sampler, seed=cfg.seed, population=cfg.population,
-                               tournament=cfg.tournament, mutation_prob=cfg.mutation_prob)
+                               tournament=cfg.tournament, mutation_prob=cfg.mutation_prob, selection=cfg.selection_signal)
         pruner = make_pruner(cfg.pruner, stages=self.stages, min_trials=cfg.hurdle_trials, signal=cfg.hurdle_signal)
         return optuna.load_study(study_name=cfg.study, storage=self.storage, sampler=sampler, pruner=pruner)
 

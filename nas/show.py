@@ -10,7 +10,7 @@ from typing import TextIO
 import optuna
 
 from nas.errors import NasError
-from nas.hurdles import DEFAULT_MIN_TRIALS
+from nas.hurdles import DEFAULT_MIN_TRIALS, signal_label
 from nas.results import HEADER, _row, fitness, format_table, is_feasible, pareto_front, summary_table, total_steps_spent
 from nas.stage_signal import format_stage_signals, stage_signals
 from nas.storage import check_storage, default_url, open_storage, redact, sqlite_path
@@ -70,7 +70,7 @@ def hurdles_summary(study: optuna.Study, stages: list[int]) -> str:
     m, signal, applied, pruners = hurdle_setting(study)
     signals = stage_signals(study, stages, m, signal)  # computes the hurdles too: read their values from it
     values = ", ".join(f"{s.step}: {s.hurdle:.4f}" for s in signals if s.hurdle is not None) or "none set yet"
-    what = "fitness" if signal == "fitness" else "-loss"
+    what = signal_label(signal)
     if applied is False:
         head = (f"hurdles: none applied (trials ran with --pruner {', '.join(pruners)}); "
                 f"the mean {what} of the first {m} trials at each stage: {values}")

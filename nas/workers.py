@@ -49,7 +49,7 @@ def config_from_study(study: optuna.Study, args: argparse.Namespace) -> SearchCo
         memory_mb=stored["budget"]["memory_mb"], trials=trials_limit(args), step_budget=args.step_budget, sampler=args.sampler, pruner=args.pruner,
         device=args.device, seed=args.seed, stages=tuple(stored["stages"]), population=args.population,
         tournament=args.tournament, mutation_prob=args.mutation_prob, hurdle_trials=args.hurdle_trials,
-        hurdle_signal=args.hurdle_signal, warm_start=False, measure_threads=threads,
+        hurdle_signal=args.hurdle_signal, selection_signal=args.selection_signal, warm_start=False, measure_threads=threads,
     )
 
 
@@ -71,7 +71,8 @@ def _worker_argv(cfg: SearchConfig, quiet: bool) -> list[str]:
     argv = [sys.executable, "-m", "nas.cli", "worker", "--study", cfg.study, "--sampler", cfg.sampler, "--pruner", cfg.pruner,
             "--device", cfg.device, "--seed", str(cfg.seed), "--population", str(cfg.population),
             "--tournament", str(cfg.tournament), "--mutation-prob", str(cfg.mutation_prob),
-            "--hurdle-trials", str(cfg.hurdle_trials), "--hurdle-signal", cfg.hurdle_signal]
+            "--hurdle-trials", str(cfg.hurdle_trials), "--hurdle-signal", cfg.hurdle_signal,
+            "--selection-signal", cfg.selection_signal]
     if cfg.trials is not None:
         argv += ["--trials", str(cfg.trials)]
     if cfg.step_budget is not None:

@@ -136,12 +136,12 @@ def arch_params(depth: int = 2, kind: str = "full", heads: int = 2, ffn: int = 2
 def add(study: optuna.Study, params: dict[str, Any] | None = None, *, value: float | None = None,
         state: TrialState = TrialState.COMPLETE, constraints: dict[str, float] | None = None,
         intermediate: dict[int, float] | None = None, choices: dict[str, list[Any]] = CHOICES,
-        completed: datetime.datetime | None = None) -> None:
+        completed: datetime.datetime | None = None, user_attrs: dict[str, Any] | None = None) -> None:
     params = params if params is not None else arch_params()
     trial = optuna.trial.create_trial(
         state=state, value=value, params=params,
         distributions={k: dist_of(k, choices) for k in params},
-        constraints=constraints, intermediate_values=intermediate,
+        constraints=constraints, intermediate_values=intermediate, user_attrs=user_attrs,
     )
     if completed is not None:
         trial.datetime_start = trial.datetime_complete = completed
@@ -173,6 +173,7 @@ def values_study(values: list[float | None], direction: str = "maximize", **kw: 
     (dict(seed=-1), "seed"),
     (dict(seed="a"), "seed"),
     (dict(constraints_aware="yes"), "constraints_aware"),
+    (dict(score="loss"), "score"),
 ])
 def test_invalid_arguments_raise(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
@@ -264,6 +265,34 @@ def test_pruned_trial_pruned_by_optuna_counts() -> None:
     study.optimize(objective, n_trials=2)
     assert study.trials[1].state == TrialState.PRUNED
     assert parent_of(study, EvolutionSampler(population_size=2, tournament_size=2, seed=0)) == 1
+
+
+@pytest.mark.parametrize("direction", ["maximize", "minimize"])
+def test_score_replaces_the_value_higher_wins_in_either_direction(direction: str) -> None:
+    # Values say trial 0 (maximize) or 1 (minimize); the score says trial 2.
+    study = optuna.create_study(direction=direction)
+    for value, s in [(5.0, 0.1), (1.0, 0.2), (3.0, 0.9), (4.0, 0.5)]:
+        add(study, value=value, user_attrs={"s": s})
+    sampler = EvolutionSampler(population_size=4, tournament_size=4, seed=0, score=lambda t: t.user_attrs["s"])
+    assert parent_of(study, sampler) == 2
+
+
+def test_score_none_or_nan_loses_and_feasibility_comes_first() -> None:
+    study = optuna.create_study(direction="maximize")
+    add(study, value=9.0, user_attrs={"s": None})
+    add(study, value=9.0, user_attrs={"s": float("nan")})
+    add(study, value=0.0, user_attrs={"s": 7.0}, constraints={"latency": 0.5})  # best score, infeasible
+    add(study, value=0.0, user_attrs={"s": -3.0})
+    add(study, value=0.0, user_attrs={"s": -4.0})
+    sampler = EvolutionSampler(population_size=5, tournament_size=5, seed=0, score=lambda t: t.user_attrs["s"])
+    assert parent_of(study, sampler) == 3
+    # Having a score is compared first, as having a value is: an infeasible trial
+    # with a score beats a feasible one without.
+    study = optuna.create_study(direction="maximize")
+    add(study, value=9.0, user_attrs={"s": None})
+    add(study, value=0.0, user_attrs={"s": 1.0}, constraints={"latency": 0.5})
+    assert parent_of(study, EvolutionSampler(population_size=2, tournament_size=2, seed=0,
+                                             score=lambda t: t.user_attrs["s"])) == 1
 
 
 def test_trial_without_value_loses() -> None:

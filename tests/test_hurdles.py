@@ -8,7 +8,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
 
-from nas.hurdles import ProgressiveHurdlePruner
+from nas.hurdles import ProgressiveHurdlePruner, minus_last_loss
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -371,3 +371,18 @@ def test_loss_hurdle_skips_trials_without_a_loss_and_prunes_nan():
 def test_invalid_signal():
     with pytest.raises(ValueError, match="signal must be one of loss, fitness"):
         ProgressiveHurdlePruner(STAGES, signal="accuracy")
+
+
+@pytest.mark.parametrize("stage_metrics, expected", [
+    # The last stage by number, not by string order ("50" > "133" as strings).
+    ({"25": {"loss": 3.0, "accuracy": 0.1}, "133": {"loss": 1.5}, "50": {"loss": 2.0}}, -1.5),
+    # A stage without a loss is skipped; the last one with a loss counts.
+    ({"25": {"loss": 3.0}, "50": {"accuracy": 0.3}}, -3.0),
+    ({"25": {"accuracy": 0.3}}, None),
+    ({}, None),
+    (None, None),
+])
+def test_minus_last_loss(stage_metrics, expected):
+    attrs = {} if stage_metrics is None else {"stage_metrics": stage_metrics}
+    trial = optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, user_attrs=attrs)
+    assert minus_last_loss(trial) == expected

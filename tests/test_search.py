@@ -332,3 +332,37 @@ def test_default_hurdles_stop_exactly_the_trials_whose_loss_is_above_the_hurdle(
     # the tiny search: 7 of 8), so this checks the loss, not a coincidence of the two.
     fit_hurdle = (at4[0].intermediate_values[4] + at4[1].intermediate_values[4]) / 2
     assert any((t.intermediate_values[4] >= fit_hurdle) != (8 in t.intermediate_values) for t in judged)
+
+
+def test_selection_on_loss_picks_the_parent_with_the_lowest_last_loss(tmp_path):
+    # Tournament of the whole population (3): every child's parent must be, among
+    # the 3 trials finished before it, the one with the lowest validation loss at
+    # its last stage, recomputed from what Optuna stored (all trials are feasible
+    # under the 1 s budget). On accuracy the same rule would pick another parent
+    # at least once, so the test tells the two signals apart.
+    from nas.evolution import PARENT_KEY
+
+    cfg = tiny_config(tmp_path, trials=12, population=3, tournament=3, selection_signal="loss", seed=1)
+    Search(cfg, log=io.StringIO()).run(progress=False)
+    study = optuna.load_study(study_name="t", storage=cfg.storage)
+    trials = sorted(study.trials, key=lambda t: t.number)
+    assert all(t.state.is_finished() for t in trials)
+
+    def last(t, metric):
+        stages = t.user_attrs["stage_metrics"]
+        return stages[str(max(int(s) for s in stages))][metric]
+
+    children = [t for t in trials if t.system_attrs.get(PARENT_KEY) is not None]
+    assert len(children) >= 5
+    differs_from_accuracy = 0
+    for child in children:
+        before = sorted((t for t in trials if t.number < child.number), key=lambda t: (t.datetime_complete, t.number))[-3:]
+        lowest = min(last(t, "loss") for t in before)
+        parent = next(t for t in before if t.number == child.system_attrs[PARENT_KEY])
+        # Equal losses (a replayed twin) tie: the member drawn first wins, any of them.
+        assert last(parent, "loss") == lowest, (child.number, parent.number, [(t.number, last(t, "loss")) for t in before])
+        differs_from_accuracy += last(parent, "accuracy") < max(last(t, "accuracy") for t in before)
+    assert differs_from_accuracy >= 1
+    assert all(t.user_attrs["search"]["selection_signal"] == "loss" for t in trials)
+    with pytest.raises(SearchError, match="--selection-signal"):
+        Search(tiny_config(tmp_path, name="u", selection_signal="perplexity"), log=io.StringIO())

@@ -101,7 +101,8 @@ def test_sqlite_four_workers_sixty_trials(tmp_path):
     space = tmp_path / "two.toml"
     space.write_text(TWO_ARCH_SPACE)
     t0 = time.perf_counter()
-    search = subprocess.Popen(search_cmd(url, "c", 60, "1", "--workers", "3", "--hurdle-signal", "fitness", space=str(space)), cwd=tmp_path,
+    search = subprocess.Popen(search_cmd(url, "c", 60, "1", "--workers", "3", "--hurdle-signal", "fitness",
+                                         "--selection-signal", "fitness", space=str(space)), cwd=tmp_path,
                               env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # The fourth worker joins from "another machine": it knows only the name and the URL.
     deadline = time.time() + 120
@@ -131,9 +132,12 @@ def test_sqlite_four_workers_sixty_trials(tmp_path):
     assert finished == len(states), [s.name for s in states]  # nothing RUNNING, FAIL or WAITING
     workers = {t.user_attrs["worker"] for t in study.trials}
     assert len(workers) == 4, workers
-    # The spawned workers run the search's pruner setting; the joiner, given none, the default.
+    # The spawned workers run the search's pruner and selection settings; the joiner,
+    # given none, the defaults.
     signal = {t.user_attrs["worker"]: t.user_attrs["search"]["hurdle_signal"] for t in study.trials}
     assert sorted(signal.values()) == ["fitness", "fitness", "fitness", "loss"], signal
+    selection = {t.user_attrs["worker"]: t.user_attrs["search"]["selection_signal"] for t in study.trials}
+    assert sorted(selection.values()) == ["fitness", "fitness", "fitness", "loss"], selection
     assert integrity(db) == "ok"
     print(f"\n60 trials, 4 workers: {elapsed:.1f} s, trials per worker {sorted(sum(t.user_attrs['worker'] == w for t in study.trials) for w in workers)}")
 
