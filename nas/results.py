@@ -6,15 +6,26 @@ tool (optuna-dashboard, optuna.visualization) sees."""
 from __future__ import annotations
 
 import math
+from typing import Sequence, Union
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
+# A study, or its trials read once (one storage query serves several of the
+# functions below, e.g. for the progress line printed after every trial).
+Trials = Union[optuna.Study, Sequence[FrozenTrial]]
 
-def finished_count(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+def _trials(source: Trials, states: tuple[TrialState, ...] | None = None) -> list[FrozenTrial]:
+    if isinstance(source, optuna.Study):
+        return source.get_trials(deepcopy=False, states=states)
+    return [t for t in source if states is None or t.state in states]
+
+
+def finished_count(study: Trials) -> int:
+    return len(_trials(study, FINISHED))
 
 
 def is_feasible(trial: FrozenTrial) -> bool:
@@ -39,20 +50,20 @@ def steps_spent(trial: FrozenTrial) -> int:
     return int(a.get("steps_spent", a.get("steps_trained", 0)))
 
 
-def total_steps_spent(study: optuna.Study) -> int:
+def total_steps_spent(study: Trials) -> int:
     """Training steps the whole study has cost so far: every trial in any state
     (a pruned or failed trial spent its steps too; a running one counts the
     stages it has reached)."""
-    return sum(steps_spent(t) for t in study.get_trials(deepcopy=False))
+    return sum(steps_spent(t) for t in _trials(study))
 
 
-def fully_trained(study: optuna.Study) -> list[FrozenTrial]:
+def fully_trained(study: Trials) -> list[FrozenTrial]:
     """COMPLETE, feasible trials: trained through every stage."""
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return [t for t in _trials(study, (TrialState.COMPLETE,))
             if t.value is not None and is_feasible(t)]
 
 
-def best_feasible(study: optuna.Study) -> FrozenTrial | None:
+def best_feasible(study: Trials) -> FrozenTrial | None:
     """The best COMPLETE feasible trial (highest fitness; lower latency breaks ties)."""
     trials = fully_trained(study)
     if not trials:

@@ -430,8 +430,9 @@ class _Progress:
     def update(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if self.out is None:
             return
-        self.done = finished_count(study)
-        best = best_feasible(study)
+        trials = study.get_trials(deepcopy=False)  # one storage query for the whole line
+        self.done = finished_count(trials)
+        best = best_feasible(trials)
         attrs = trial.user_attrs
         state = trial.state.name
         what = attrs.get("stopped") or attrs.get("failure_message") or attrs.get("failure") or ""
@@ -442,7 +443,7 @@ class _Progress:
         best_s = "none feasible yet" if best is None else f"best {best.value:.4f} @ {best.user_attrs.get('latency_ms', math.nan):.3f} ms (trial {best.number})"
         count = f"[{self.done:>3}/{self.target}]" if self.target is not None else f"[{self.done:>3}]"
         if self.step_budget is not None:
-            count += f" [steps {total_steps_spent(study)}/{self.step_budget}]"
+            count += f" [steps {total_steps_spent(trials)}/{self.step_budget}]"
         print(f"{count} trial {trial.number:>3} {state:<8} {value:<15} {lat:<11} "
               f"{attrs.get('attention_mix', ''):<28} {what[:100]:<0} | {best_s}", file=self.out, flush=True)
 

@@ -254,6 +254,37 @@ def test_progress_line_says_a_trial_was_replayed(tmp_path):
     assert "replayed trial 0" in lines[1]
 
 
+def test_progress_line_reads_the_study_once_and_reports_hand_counted_figures():
+    from optuna.distributions import CategoricalDistribution
+
+    from nas.search import _Progress
+
+    study = optuna.create_study(direction="maximize")
+    dist = {"x": CategoricalDistribution([0, 1, 2, 3])}
+    specs = [  # state, value, latency_ms, constraint, steps_spent
+        (optuna.trial.TrialState.COMPLETE, 0.5, 3.0, -1.0, 400),
+        (optuna.trial.TrialState.COMPLETE, 0.9, 9.0, 1.0, 400),  # over budget: not the best
+        (optuna.trial.TrialState.PRUNED, None, 2.0, -2.0, 25),
+        (optuna.trial.TrialState.FAIL, None, 2.0, -2.0, 50),
+    ]
+    for i, (state, value, lat, c, spent) in enumerate(specs):
+        study.add_trial(optuna.trial.create_trial(
+            state=state, value=value, params={"x": i}, distributions=dist,
+            user_attrs={"latency_ms": lat, "steps_spent": spent}, constraints={"latency_ms": c}))
+    calls = []
+    real = study.get_trials
+    study.get_trials = lambda *a, **k: calls.append(k) or real(*a, **k)
+    out = io.StringIO()
+    progress = _Progress(study, 10, 1000, out)
+    calls.clear()
+    progress.update(study, study.trials[2])
+    assert len(calls) == 2  # study.trials above (the argument) and one read for the line
+    line = out.getvalue()
+    assert progress.done == 3  # COMPLETE and PRUNED, not FAIL
+    assert "[  3/10] [steps 875/1000]" in line  # 400 + 400 + 25 + 50
+    assert "best 0.5000 @ 3.000 ms (trial 0)" in line
+
+
 def _spent_in_order(url: str, name: str) -> list[int]:
     """Each trial's `steps_spent`, by trial number, read back with plain Optuna."""
     study = optuna.load_study(study_name=name, storage=url)
