@@ -7,7 +7,8 @@ from typing import Sequence
 
 import optuna
 
-from nas.hurdles import (DEFAULT_HURDLE_SIGNAL, DEFAULT_MIN_TRIALS, DEFAULT_SELECTION_SIGNAL, HURDLE_SIGNALS,                          ProgressiveHurdlePruner, minus_last_loss)
+from nas.hurdles import (DEFAULT_HURDLE_SIGNAL, DEFAULT_MIN_TRIALS, DEFAULT_SELECTION_SIGNAL, HURDLE_SIGNALS,
+                         ProgressiveHurdlePruner, minus_last_loss)
 
 SAMPLERS = ("evolution", "tpe", "nsga2", "cmaes", "gp", "random")
 PRUNERS = ("hurdles", "median", "hyperband", "none")

@@ -118,9 +118,8 @@ DEFAULT_SELECTION_SIGNAL = "loss"
 # The trial user attribute holding every metric at every stage, {"<step>": {name: value}}.
 STAGE_METRICS_ATTR = "stage_metrics"
 
-__all__ = ["DEFAULT_HURDLE_SIGNAL", "DEFAULT_SELECTION_SIGNAL", "HURDLE_SIGNALS", "Hurdle", "ProgressiveHurdlePruner", "STAGE_METRICS_ATTR",
-           "minus_last_loss", "signal_label"]
-
+__all__ = ["DEFAULT_HURDLE_SIGNAL", "DEFAULT_SELECTION_SIGNAL", "HURDLE_SIGNALS", "Hurdle", "ProgressiveHurdlePruner",
+           "STAGE_METRICS_ATTR", "minus_last_loss", "signal_label"]
 
 
 def signal_label(signal: str) -> str:
@@ -133,9 +132,14 @@ def minus_last_loss(trial: FrozenTrial) -> float | None:
     (its ``stage_metrics``), or None when it recorded none (a trial over budget,
     never trained, or recorded before stage metrics existed). A stopped trial
     counts with its loss where it stopped, as it counts with its fitness there."""
+    losses = _stage_losses(trial)
+    return -losses[max(losses)] if losses else None
+
+
+def _stage_losses(trial: FrozenTrial) -> dict[int, float]:
+    """The validation loss at each stage the trial recorded one (``stage_metrics``)."""
     stage_metrics = trial.user_attrs.get(STAGE_METRICS_ATTR) or {}
-    losses = {int(step): m["loss"] for step, m in stage_metrics.items() if (m or {}).get("loss") is not None}
-    return -float(losses[max(losses)]) if losses else None
+    return {int(step): float(m["loss"]) for step, m in stage_metrics.items() if (m or {}).get("loss") is not None}
 
 
 # Trials whose report at a stage may define its hurdle.
@@ -219,9 +223,8 @@ class ProgressiveHurdlePruner(optuna.pruners.BasePruner):
             return None
         if self._signal == "fitness":
             return float(trial.intermediate_values[step])
-        metrics = (trial.user_attrs.get(STAGE_METRICS_ATTR) or {}).get(str(step)) or {}
-        loss = metrics.get("loss")
-        return None if loss is None else -float(loss)
+        loss = _stage_losses(trial).get(step)
+        return None if loss is None else -loss
 
     def maximizes(self, study: optuna.study.Study) -> bool:
         """Whether a higher signal is better (the loss signal always: it is negated)."""
