@@ -8,7 +8,9 @@ latency budget, each until it has spent --step-budget training steps (or, with
   tpe                 Optuna's TPESampler, fully trained
   random              Optuna's RandomSampler, fully trained
 and prints best feasible fitness against cumulative training steps, the total
-steps, and the ratios the hurdles are judged by:
+steps, and the ratios the hurdles are judged by (for evolution+hurdles against
+evolution, and likewise for any other method with hurdles whose sampler ran
+without them too, e.g. tpe+hurdles against tpe):
   - the cut at equal fitness: evolution's total steps over the steps
     evolution+hurdles needed to reach evolution's final best within 1%;
   - the cut at equal trial count: evolution's total steps over those of
@@ -166,14 +168,14 @@ def main() -> None:
             vals = [v for v in (best_within(r, g) for r in runs) if v is not None]
             cells.append(f"{statistics.mean(vals):.4f} [{len(vals)}]" if vals else "-")
         print(f"| {method} | " + " | ".join(cells) + " |")
-    if "evolution+hurdles" in results and "evolution" in results:
-        h, e = results["evolution+hurdles"], results["evolution"]
-        print()
-        print(equal_fitness_cut(h, e))
-        print(equal_trials_cut(h, e))
-    if "evolution+hurdles" in results and "random" in results:
-        for tol, what in ((0.0, "exactly"), (0.01, "within 1%")):
-            print(reach_fraction(results["evolution+hurdles"], results["random"], tol, what))
+    # Each method with hurdles against the same sampler without them, and against random.
+    for hurdled, plain in hurdle_pairs(list(results)):
+        print(f"\n{hurdled} against {plain}:")
+        print(equal_fitness_cut(results[hurdled], results[plain], hurdled, plain))
+        print(equal_trials_cut(results[hurdled], results[plain], plain))
+        if "random" in results:
+            for tol, what in ((0.0, "exactly"), (0.01, "within 1%")):
+                print(reach_fraction(results[hurdled], results["random"], tol, what, hurdled))
     print_stage_signals({k: v for k, v in signals.items() if METHODS[k[0]]["pruner"] == "none"})
 
 
@@ -202,6 +204,12 @@ def print_stage_signals(signals: dict[tuple[str, str], list[list[StageSignal]]])
 Traj = list[tuple[int, float | None]]
 
 
+def hurdle_pairs(methods: list[str]) -> list[tuple[str, str]]:
+    """(method with hurdles, the same sampler and selection without them), both run."""
+    return [(m, m.split("+")[0]) for m in methods
+            if METHODS[m]["pruner"] == "hurdles" and m.split("+")[0] in methods]
+
+
 def _ratio(num: list[int], den: list[int | None]) -> str:
     """mean(num) / mean(den), or why there is none (a seed that never got there)."""
     if any(d is None for d in den):
@@ -209,17 +217,17 @@ def _ratio(num: list[int], den: list[int | None]) -> str:
     return f"{statistics.mean(num) / statistics.mean(den):.2f}x"
 
 
-def equal_fitness_cut(h: list[Traj], e: list[Traj]) -> str:
-    """Evolution's total steps over the steps evolution+hurdles spent to reach
-    evolution's final best within 1%, per seed and as a ratio of the means."""
+def equal_fitness_cut(h: list[Traj], e: list[Traj], hurdled: str, plain: str) -> str:
+    """The run without hurdles' total steps over the steps the run with hurdles spent
+    to reach its final best within 1%, per seed and as a ratio of the means."""
     reach = [steps_to_reach(h_r, 0.99 * e_r[-1][1]) if e_r[-1][1] is not None else None for h_r, e_r in zip(h, e)]
     per = ", ".join("never" if r is None else f"{e_r[-1][0] / r:.2f}x" for r, e_r in zip(reach, e))
-    return (f"cut at equal fitness (evolution's total steps / steps evolution+hurdles needed to come within 1% of "
-            f"evolution's final best): {_ratio([e_r[-1][0] for e_r in e], reach)}; per seed {per}")
+    return (f"cut at equal fitness ({plain}'s total steps / steps {hurdled} needed to come within 1% of "
+            f"{plain}'s final best): {_ratio([e_r[-1][0] for e_r in e], reach)}; per seed {per}")
 
 
-def equal_trials_cut(h: list[Traj], e: list[Traj]) -> str:
-    """Steps and best fitness of evolution+hurdles' first n trials, n = the trials evolution ran."""
+def equal_trials_cut(h: list[Traj], e: list[Traj], plain: str) -> str:
+    """Steps and best fitness of the hurdled run's first n trials, n = the trials the plain run ran."""
     e_steps, h_steps, gaps, e_best = [], [], [], []
     for h_r, e_r in zip(h, e):
         n = min(len(e_r), len(h_r))
@@ -228,20 +236,20 @@ def equal_trials_cut(h: list[Traj], e: list[Traj]) -> str:
         e_best.append(e_r[n - 1][1] or 0.0)
         gaps.append(e_best[-1] - (h_r[n - 1][1] or 0.0))
     per = ", ".join(f"{a / max(1, b):.2f}x" for a, b in zip(e_steps, h_steps))
-    return (f"cut at equal trial count (the first n trials of both, n = evolution's): "
+    return (f"cut at equal trial count (the first n trials of both, n = {plain}'s): "
             f"{_ratio(e_steps, h_steps)} (per seed {per}); "
             f"best fitness without hurdles minus with: {statistics.mean(gaps):+.4f} "
             f"({statistics.mean(gaps) / max(1e-9, statistics.mean(e_best)) * 100:+.2f}% of the no-hurdle best)")
 
 
-def reach_fraction(h: list[Traj], r: list[Traj], tol: float, what: str) -> str:
+def reach_fraction(h: list[Traj], r: list[Traj], tol: float, what: str, hurdled: str) -> str:
     fracs = []
     for h_r, r_r in zip(h, r):
         target = r_r[-1][1]
         reach = steps_to_reach(h_r, (1 - tol) * target) if target is not None else None
         fracs.append(None if reach is None else reach / r_r[-1][0])
     shown = ", ".join("never" if f is None else f"{f:.2f}" for f in fracs)
-    return f"evolution+hurdles reached random search's final best ({what}) after this fraction of random's steps, per seed: {shown}"
+    return f"{hurdled} reached random search's final best ({what}) after this fraction of random's steps, per seed: {shown}"
 
 
 if __name__ == "__main__":

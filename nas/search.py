@@ -9,11 +9,13 @@ the difference, before anything is stored.
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
 import socket
 import sys
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +30,7 @@ from nas.choices import make_pruner, make_sampler
 from nas.hurdles import DEFAULT_HURDLE_SIGNAL, DEFAULT_MIN_TRIALS, DEFAULT_SELECTION_SIGNAL, HURDLE_SIGNALS
 from nas.objective import Budget, Measurement, Objective, measure, measure_key
 from nas.results import FINISHED, best_feasible, finished_count, steps_spent, summary_table, total_steps_spent
-from nas.storage import STUDIES_DIR, check_storage, check_study_name, default_url, open_storage, redact, sqlite_path
+from nas.storage import GRACE_PERIOD, STUDIES_DIR, check_storage, check_study_name, default_url, open_storage, redact, sqlite_path
 from nas.tables import Tables
 from search_spaces import ArchSpec, SearchSpace, SpecError, load_space
 
@@ -38,6 +40,8 @@ TRAIN_ATTR = "nas:train_options"  # e.g. {"lr": 0.01}: how every candidate is tr
 # candidate a replay of one trained before, or over the hardware budget) would
 # never spend it: it stops after this many such trials in a row.
 IDLE_TRIALS_LIMIT = 50
+WAIT_POLL_S = 1.0  # how often a worker waiting for other workers' last trials reads the study
+ORPHAN_AGE_S = 6 * 3600  # a RUNNING trial older than this, in a study with no finished trial, is not waited for
 IDENTITY_KEYS = ("task", "space", "budget", "device", "stages", "measure_batch")
 
 
@@ -311,7 +315,10 @@ class Search:
         PRUNED) trials in total, or until its trials have spent `cfg.step_budget`
         training steps, whichever comes first. Failed trials (NaN, OOM, a killed
         worker) do not count as finished; after as many failures as the target
-        (at least 10) the search stops and says so.
+        (at least 10) the search stops and says so. With other workers on the
+        study, a trial is not started when the finished trials plus those running
+        elsewhere make the target: this process waits for them instead, and runs
+        the retry of any whose worker dies, so the study ends with the target.
 
         The step budget is checked before each trial starts, from storage (so a
         resumed study continues to the same budget), and a trial runs to its end:
@@ -347,26 +354,54 @@ class Search:
             return ((target is not None and n.finished >= target)
                     or (step_budget is not None and n.steps >= step_budget))
 
+        def spoken_for(n: _Tally) -> bool:
+            # Trials other workers are running now will finish too: starting one more
+            # when those reach the target would end the study past it (K - 1 trials
+            # past it with K workers). Only live trials count: stale ones were failed
+            # and re-queued just before the tally, see `tally`.
+            return target is not None and n.finished + n.running >= target
+
         def idle(n: _Tally) -> bool:
             return target is None and n.idle_streak >= IDLE_TRIALS_LIMIT
 
         def more_to_do(n: _Tally) -> bool:
-            return ((not reached(n) and not idle(n)) or n.pending_retries > 0) and n.failed < max_failures
+            return (((not reached(n) and not spoken_for(n) and not idle(n)) or n.pending_retries > 0)
+                    and n.failed < max_failures)
+
+        def tally(study: optuna.Study) -> _Tally:
+            # Called between trials, when this process runs none: every RUNNING trial
+            # is another worker's, or a dead worker's that `_fail_stale_trials` turns
+            # into a re-queued retry once its heartbeat is older than the grace period.
+            _fail_stale_trials(study)
+            return _Tally.of(study)
 
         def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
             bar.update(study, trial)
             if on_trial is not None:
                 on_trial(study, trial)
-            if not more_to_do(_Tally.of(study)):
+            if not more_to_do(tally(study)):
                 study.stop()
 
         # A caught failure is on the trial (user attrs `failure`, `failure_message`) and on
         # our progress line; Optuna's own warning would add a whole traceback per trial.
         optuna.logging.set_verbosity(optuna.logging.ERROR)
-        while more_to_do(n := _Tally.of(study)):
-            remaining = None if target is None else max(target - n.finished, 0) + n.pending_retries
-            study.optimize(objective, n_trials=remaining, catch=(TrialFailure, SpecError),
-                           callbacks=[callback], gc_after_trial=False)
+        waited = False
+        while True:
+            n = tally(study)
+            if more_to_do(n):
+                remaining = None if target is None else max(target - n.finished - n.running, 0) + n.pending_retries
+                study.optimize(objective, n_trials=remaining, catch=(TrialFailure, SpecError),
+                               callbacks=[callback], gc_after_trial=False)
+            elif spoken_for(n) and not reached(n) and n.failed < max_failures:
+                # Other workers' trials would reach the target: wait for them rather than
+                # leave, so that if one of them dies its retry (re-queued once its
+                # heartbeat is stale) is run here and the study still reaches the target.
+                if not waited:
+                    self._print(f"waiting for {n.running} trial(s) running in other workers to reach {target} finished")
+                    waited = True
+                time.sleep(WAIT_POLL_S)
+            else:
+                break
         _fail_stale_trials(study)
         bar.close()
         n = _Tally.of(study)
@@ -394,10 +429,17 @@ class _Tally:
     idle_streak: int  # newest finished trials in a row that spent no training step
     pending_retries: int  # re-queued copies of trials whose worker died, not yet started
     failed: int
+    running: int  # RUNNING trials (another worker's, when read between this process's trials)
 
     @classmethod
     def of(cls, study: optuna.Study) -> "_Tally":
         trials = study.get_trials(deepcopy=False)
+        durations = [t.duration.total_seconds() for t in trials if t.state in FINISHED and t.duration is not None]
+        # A RUNNING trial far older than the longest trial ever took is an orphan with no
+        # heartbeat to expire it (a process that died before its first heartbeat, or a
+        # trial from outside nas): it is not counted, so it can never hold a worker back.
+        max_age = GRACE_PERIOD + 2 * max(durations) if durations else ORPHAN_AGE_S
+        now = datetime.datetime.now()
         finished = sorted((t for t in trials if t.state in FINISHED), key=lambda t: t.number, reverse=True)
         return cls(
             finished=len(finished),
@@ -406,6 +448,8 @@ class _Tally:
             pending_retries=sum(t.state == optuna.trial.TrialState.WAITING and "failed_trial" in t.system_attrs
                                 for t in trials),
             failed=sum(t.state == optuna.trial.TrialState.FAIL for t in trials),
+            running=sum(t.state == optuna.trial.TrialState.RUNNING and t.datetime_start is not None
+                        and (now - t.datetime_start).total_seconds() < max_age for t in trials),
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+import threading
 import time
 import warnings
 
@@ -313,6 +314,62 @@ def test_step_budget_stops_starting_trials_once_spent_and_resume_continues_to_it
     for t in study.trials:
         if t.number in before:
             assert (t.state, t.value, t.params) == before[t.number]
+
+
+def _other_workers_trial(cfg: SearchConfig) -> tuple[optuna.Study, optuna.Trial]:
+    """A trial RUNNING in "another worker": asked through a second handle on the
+    storage, with one heartbeat recorded (as Optuna's worker loop does)."""
+    from nas.storage import open_storage
+    storage = open_storage(cfg.storage)
+    study = optuna.load_study(study_name=cfg.study, storage=storage)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "Heartbeat ... supposed to be used with Study.optimize"
+        trial = study.ask()
+    storage.record_heartbeat(trial._trial_id)
+    return study, trial
+
+
+def _finished(cfg: SearchConfig) -> list[optuna.trial.FrozenTrial]:
+    study = optuna.load_study(study_name=cfg.study, storage=cfg.storage)
+    return [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+
+
+def test_a_worker_does_not_start_a_trial_that_would_overshoot_the_target(tmp_path):
+    # 2 finished + 1 running elsewhere = the target of 3: this worker waits; the
+    # other trial finishes; the study ends with exactly 3 and this worker trained none.
+    cfg = tiny_config(tmp_path, trials=2)
+    Search(cfg, log=io.StringIO()).run()
+    other, trial = _other_workers_trial(cfg)
+    threading.Timer(1.5, lambda: other.tell(trial, 0.5)).start()
+    log = io.StringIO()
+    t0 = time.time()
+    Search(tiny_config(tmp_path, trials=3), log=log).run()
+    assert time.time() - t0 >= 1.4  # it did wait for the other trial
+    finished = _finished(cfg)
+    assert len(finished) == 3, [t.number for t in finished]
+    assert finished[-1].number == trial.number  # the other worker's, not a new one
+    assert "waiting for 1 trial(s) running in other workers" in log.getvalue()
+
+
+def test_a_waiting_worker_retries_the_trial_of_a_worker_that_died(tmp_path, monkeypatch):
+    # The "other worker" records one heartbeat and dies. Without waiting, this run would
+    # start a fresh trial at once and leave, the dead one still RUNNING. Waiting, it sees
+    # the heartbeat go stale (grace period 2 s), and runs the re-queued retry itself.
+    import nas.search
+    import nas.storage
+    monkeypatch.setattr(nas.storage, "GRACE_PERIOD", 2)
+    monkeypatch.setattr(nas.storage, "HEARTBEAT_INTERVAL", 1)
+    monkeypatch.setattr(nas.search, "GRACE_PERIOD", 2)
+    cfg = tiny_config(tmp_path, trials=2)
+    Search(cfg, log=io.StringIO()).run()
+    _, dead = _other_workers_trial(cfg)
+    Search(tiny_config(tmp_path, trials=3), log=io.StringIO()).run()
+    study = optuna.load_study(study_name="t", storage=cfg.storage)
+    assert study.trials[dead.number].state == optuna.trial.TrialState.FAIL
+    finished = _finished(cfg)
+    assert len(finished) == 3, [(t.number, t.state.name) for t in study.trials]
+    assert finished[-1].system_attrs.get("failed_trial") == dead.number  # the retry, run here
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
 
 
 def test_trials_and_step_budget_whichever_comes_first(tmp_path):

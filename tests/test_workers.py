@@ -127,8 +127,10 @@ def test_sqlite_four_workers_sixty_trials(tmp_path):
     assert_numbers_dense(study)
     states = [t.state for t in study.trials]
     finished = sum(s in FINISHED for s in states)
-    # Each worker stops once it sees 60 finished; the ones mid-trial then finish theirs.
-    assert 60 <= finished <= 63, finished
+    # No worker starts a trial once 60 are finished or running; only two workers that
+    # read the study within the same few milliseconds, each before the other's new
+    # trial is stored, can both start one (up to 63 before workers counted running trials).
+    assert 60 <= finished <= 61, finished
     assert finished == len(states), [s.name for s in states]  # nothing RUNNING, FAIL or WAITING
     workers = {t.user_attrs["worker"] for t in study.trials}
     assert len(workers) == 4, workers
