@@ -74,9 +74,12 @@ class Measurement:
         return None if self.memory is None else float(self.memory["inference_bytes"]) / MB
 
 
-def device_label(device: torch.device, threads: int) -> str:
-    """What the measurements were taken on; part of the cache key and of the
-    study's identity (a CPU latency depends on the thread count it ran with)."""
+def device_key(device: torch.device, threads: int) -> str:
+    """What the measurements were taken on, as a key: part of the measurement
+    cache's key and of the study's identity (a CPU latency depends on the thread
+    count it ran with). Stored studies and caches compare on this exact text, so
+    its format is frozen; `evaluators.hardware.device_label` is the display name
+    a measurement carries ("cpu (1 thread)"), which is free to change."""
     if device.type == "cuda":
         return f"cuda:{torch.cuda.get_device_name(device)}"
     return f"cpu:{threads}threads"
@@ -85,7 +88,7 @@ def device_label(device: torch.device, threads: int) -> str:
 def measure_key(spec: ArchSpec, *, device: torch.device, batch_size: int, threads: int,
                 dtype: torch.dtype = torch.float32) -> MeasureKey:
     """The measurement cache's key: architecture, device (and CPU threads), shapes, dtype."""
-    return MeasureKey(spec.content_hash(), device_label(device, threads), batch_size, spec.max_seq_len,
+    return MeasureKey(spec.content_hash(), device_key(device, threads), batch_size, spec.max_seq_len,
                       str(dtype).split(".")[-1])
 
 
@@ -178,7 +181,7 @@ class Objective:
         trial.set_user_attr("arch", spec.to_json())
         trial.set_user_attr("arch_hash", spec.content_hash())
         trial.set_user_attr("attention_mix", ",".join(layer.attention for layer in spec.layers))
-        trial.set_user_attr("device", device_label(self.device, self.threads))
+        trial.set_user_attr("device", device_key(self.device, self.threads))
         trial.set_user_attr("seed", self.seed)
         if self.search_info:
             trial.set_user_attr("search", self.search_info)
@@ -262,7 +265,7 @@ class Objective:
         thread count; on GPU up to non-deterministic kernels). Evolution proposes
         an architecture it already evaluated for about one trial in six.
         """
-        wanted = (spec.content_hash(), self.seed, device_label(self.device, self.threads))
+        wanted = (spec.content_hash(), self.seed, device_key(self.device, self.threads))
         best = None
         for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
                                                                 optuna.trial.TrialState.PRUNED)):

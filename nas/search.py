@@ -28,7 +28,7 @@ from evaluators.hardware import default_threads, resolve_device
 from evaluators.tasks import get_task
 from nas.choices import make_pruner, make_sampler
 from nas.hurdles import DEFAULT_HURDLE_SIGNAL, DEFAULT_MIN_TRIALS, DEFAULT_SELECTION_SIGNAL, HURDLE_SIGNALS
-from nas.objective import Budget, Measurement, Objective, measure, measure_key
+from nas.objective import Budget, Measurement, Objective, device_key, measure, measure_key
 from nas.results import FINISHED, best_feasible, finished_count, steps_spent, summary_table, total_steps_spent
 from nas.storage import GRACE_PERIOD, STUDIES_DIR, check_storage, check_study_name, default_url, open_storage, redact, sqlite_path
 from nas.tables import Tables
@@ -166,13 +166,11 @@ class Search:
 
     # ---- creation / resumption ---------------------------------------------------
     def _identity(self, budget: Budget) -> dict[str, Any]:
-        from nas.objective import device_label
-
         return {
             "task": {"name": self.task.name, "options": self.task.options()},
             "space": {"name": self.space.name, "definition": _space_dict(self.space)},
             "budget": {"latency_ms": budget.latency_ms, "memory_mb": budget.memory_mb},
-            "device": device_label(self.device, self.threads),
+            "device": device_key(self.device, self.threads),
             "stages": list(self.stages),
             "measure_batch": self.task.batch_size,
         }
