@@ -341,10 +341,6 @@ class Search:
 
         target = self.cfg.trials
         step_budget = self.cfg.step_budget
-        # A trial whose worker died (SIGKILL, power loss) stays RUNNING until some
-        # worker notices its stale heartbeat: do it now, so it is re-queued (same
-        # params) and retried by this run even if the target was reached meanwhile.
-        _fail_stale_trials(study)
         bar = _Progress(study, target, step_budget, self.log if progress else None)
         max_failures = max(target or 0, 10)
 
@@ -355,8 +351,8 @@ class Search:
         def spoken_for(n: _Tally) -> bool:
             # Trials other workers are running now will finish too: starting one more
             # when those reach the target would end the study past it (K - 1 trials
-            # past it with K workers). Only live trials count: stale ones were failed
-            # and re-queued just before the tally, see `tally`.
+            # past it with K workers). Only live trials count: stale ones are failed
+            # and re-queued before the tally in the loop below.
             return target is not None and n.finished + n.running >= target
 
         def idle(n: _Tally) -> bool:
@@ -366,18 +362,13 @@ class Search:
             return (((not reached(n) and not spoken_for(n) and not idle(n)) or n.pending_retries > 0)
                     and n.failed < max_failures)
 
-        def tally(study: optuna.Study) -> _Tally:
-            # Called between trials, when this process runs none: every RUNNING trial
-            # is another worker's, or a dead worker's that `_fail_stale_trials` turns
-            # into a re-queued retry once its heartbeat is older than the grace period.
-            _fail_stale_trials(study)
-            return _Tally.of(study)
-
         def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
             bar.update(study, trial)
             if on_trial is not None:
                 on_trial(study, trial)
-            if not more_to_do(tally(study)):
+            # A dead worker's trial not yet failed may count as running here and stop
+            # this loop early; the loop below fails it first, then carries on.
+            if not more_to_do(_Tally.of(study)):
                 study.stop()
 
         # A caught failure is on the trial (user attrs `failure`, `failure_message`) and on
@@ -385,7 +376,12 @@ class Search:
         optuna.logging.set_verbosity(optuna.logging.ERROR)
         waited = False
         while True:
-            n = tally(study)
+            # Read between trials, when this process runs none: every RUNNING trial is
+            # another worker's, or a dead worker's (SIGKILL, power loss). The latter is
+            # failed here once its heartbeat is stale and re-queued with the same
+            # params, so this run retries it, even if the target was reached meanwhile.
+            _fail_stale_trials(study)
+            n = _Tally.of(study)
             if more_to_do(n):
                 remaining = None if target is None else max(target - n.finished - n.running, 0) + n.pending_retries
                 study.optimize(objective, n_trials=remaining, catch=(TrialFailure, SpecError),
@@ -400,9 +396,7 @@ class Search:
                 time.sleep(WAIT_POLL_S)
             else:
                 break
-        _fail_stale_trials(study)
         bar.close()
-        n = _Tally.of(study)
         if idle(n) and not reached(n):
             self._print(f"stopped: the last {IDLE_TRIALS_LIMIT} trials trained nothing (each repeated an architecture "
                         f"trained before or was over the hardware budget), so the step budget would never be spent; "

@@ -13,6 +13,7 @@ import optuna
 import pytest
 
 from nas.objective import Budget, Objective
+from nas.results import FINISHED
 from nas.search import Search, SearchConfig, SearchError
 from nas.storage import default_url
 from nas.tables import Tables
@@ -331,7 +332,7 @@ def _other_workers_trial(cfg: SearchConfig) -> tuple[optuna.Study, optuna.Trial]
 
 def _finished(cfg: SearchConfig) -> list[optuna.trial.FrozenTrial]:
     study = optuna.load_study(study_name=cfg.study, storage=cfg.storage)
-    return [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    return [t for t in study.trials if t.state in FINISHED]
 
 
 def test_a_worker_does_not_start_a_trial_that_would_overshoot_the_target(tmp_path):
