@@ -19,6 +19,15 @@ and, about the curves themselves, where the mean fitness at the first stage
 sits among them (its percentile) and where the "solvers" (final fitness above
 --solved) sat at the first stage.
 
+--step-budget S also replays searches that each spend S training steps (random
+orders of all the curves, until S steps are spent), without hurdles and with
+each rule, and prints the trials they ran and the best final fitness they found:
+the equal-compute comparison of benchmarks/search.py, without the sampler.
+
+--rules picks the hurdle rules to replay: fixed (the first min_trials trials
+train through and define every hurdle, the default) and progressive (training
+past a stage waits for its hurdle; see nas/hurdles.py).
+
 --signal loss replays the same trials with hurdles on minus the validation
 loss instead of the fitness (the Evolved Transformer's hurdles compared negative
 log perplexity; on MQAR the fitness is accuracy, which stays flat until a late
@@ -32,6 +41,8 @@ evolution is involved, and no training is run (seconds, not hours).
     python benchmarks/hurdle_replay.py --db search.db --stages 50,133,400 --min-trials 2 3 5 8 \
         --searched evolution_hurdles
     python benchmarks/hurdle_replay.py --db curves.db --stages 25,133,400 --signal loss
+    python benchmarks/hurdle_replay.py --db search.db --stages 25,50,133,400 --signal loss --min-trials 5 \
+        --n 100 --step-budget 16000 --solved 0.99
 """
 
 from __future__ import annotations
@@ -69,15 +80,20 @@ def recorded_curves(url: str, stages: tuple[int, ...], signal: str = "fitness") 
     return list(curves.values())
 
 
-def replay(curves: list[tuple[float, ...]], stages: tuple[int, ...], min_trials: int,
-           stops: Counter | None = None) -> tuple[int, float]:
-    """Steps spent and best final fitness when `curves`, in this order, meet the
-    hurdles; the stage where each trial after the first `min_trials` stopped is
-    counted into `stops`."""
-    pruner = ProgressiveHurdlePruner(stages=stages, min_trials=min_trials)
+def replay(curves: list[tuple[float, ...]], stages: tuple[int, ...], min_trials: int | None,
+           stops: Counter | None = None, progressive: bool = False,
+           step_budget: int | None = None) -> tuple[int, float, int]:
+    """Steps spent, best final fitness and trials run when `curves`, in this order,
+    meet the hurdles (``min_trials=None``: no hurdles, every curve trained through);
+    with `step_budget`, no trial starts once that many steps are spent. The stage
+    where each trial after the first `min_trials` stopped is counted into `stops`."""
+    pruner = (optuna.pruners.NopPruner() if min_trials is None
+              else ProgressiveHurdlePruner(stages=stages, min_trials=min_trials, progressive=progressive))
     study = optuna.create_study(direction="maximize", pruner=pruner)
-    spent, best = 0, float("-inf")
+    spent, best, number = 0, float("-inf"), 0
     for number, curve in enumerate(curves):
+        if step_budget is not None and spent >= step_budget:
+            return spent, best, number
         trial = study.ask()
         for step, value in zip(stages, curve):
             trial.report(value, step)
@@ -89,9 +105,9 @@ def replay(curves: list[tuple[float, ...]], stages: tuple[int, ...], min_trials:
             study.tell(trial, curve[-1])
             best = max(best, curve[-1])
         spent += spent_here
-        if stops is not None and number >= min_trials:
+        if stops is not None and min_trials is not None and number >= min_trials:
             stops[spent_here] += 1
-    return spent, best
+    return spent, best, len(curves)
 
 
 def searched_stops(url: str, prefix: str, min_trials: int) -> Counter:
@@ -122,6 +138,12 @@ def main() -> None:
     ap.add_argument("--solved", type=float, default=0.9, help="final fitness above which a curve counts as a solver")
     ap.add_argument("--signal", choices=["fitness", "loss"], default="fitness",
                     help="what the hurdles compare before the last stage: the fitness, or minus the validation loss")
+    ap.add_argument("--rules", nargs="+", choices=["progressive", "fixed"], default=["progressive", "fixed"],
+                    help="progressive: training past a stage opens once its hurdle is set (the default); "
+                         "fixed: the first min_trials trials train through and define every hurdle")
+    ap.add_argument("--step-budget", type=int, default=None,
+                    help="also replay searches that each spend this many training steps (random orders of all "
+                         "the curves), with each rule and without hurdles, as benchmarks/search.py compares them")
     ap.add_argument("--searched", default=None, help="study-name prefix of recorded runs with hurdles, to compare")
     ap.add_argument("--searched-min-trials", type=int, default=5, help="the min_trials those runs used")
     args = ap.parse_args()
@@ -143,20 +165,34 @@ def main() -> None:
           f"{len(solvers)} solvers (final > {args.solved}) sat at percentiles "
           + ", ".join(f"{p:.0%}" for p in solvers) + "\n")
     print(f"hurdles on: {signal_label(args.signal)}\n")
-    print("| stages | min_trials | cut (mean) | best lost by > 1% | stopped at (random orders) |")
-    print("|---|---|---|---|---|")
+    print("| rule | stages | min_trials | cut (mean) | best lost by > 1% | stopped at (random orders) |")
+    print("|---|---|---|---|---|---|")
     rng = np.random.default_rng(args.seed)
     orders = [rng.choice(len(curves), args.n, replace=False) for _ in range(args.orders)]
-    for m in args.min_trials:
-        cuts, lost, stops = [], 0, Counter()
-        for order in orders:
-            chosen = [curves[i] for i in order]
-            spent, best = replay(chosen, stages, m, stops)
-            full_best = max(c[-1] for c in chosen)
-            cuts.append(args.n * stages[-1] / spent)
-            lost += best < full_best * 0.99
-        print(f"| {','.join(map(str, stages))} | {m} | {statistics.fmean(cuts):.2f}x | {lost / len(orders):.0%} "
-              f"| {shares(stops, stages)} |")
+    for rule in args.rules:
+        for m in args.min_trials:
+            cuts, lost, stops = [], 0, Counter()
+            for order in orders:
+                chosen = [curves[i] for i in order]
+                spent, best, _ = replay(chosen, stages, m, stops, progressive=rule == "progressive")
+                full_best = max(c[-1] for c in chosen)
+                cuts.append(args.n * stages[-1] / spent)
+                lost += best < full_best * 0.99
+            print(f"| {rule} | {','.join(map(str, stages))} | {m} | {statistics.fmean(cuts):.2f}x "
+                  f"| {lost / len(orders):.0%} | {shares(stops, stages)} |")
+    if args.step_budget:
+        print(f"\nat an equal budget of {args.step_budget} training steps ({args.orders} random orders of all "
+              f"{len(curves)} curves):\n")
+        print(f"| hurdles | min_trials | trials (mean) | best final fitness (mean) | best > {args.solved} |")
+        print("|---|---|---|---|---|")
+        perms = [rng.permutation(len(curves)) for _ in range(args.orders)]
+        settings = [("none", None)] + [(rule, m) for rule in args.rules for m in args.min_trials]
+        for rule, m in settings:
+            runs = [replay([curves[i] for i in perm], stages, m, progressive=rule == "progressive",
+                           step_budget=args.step_budget) for perm in perms]
+            bests = [best for _, best, _ in runs]
+            print(f"| {rule} | {m if m is not None else '-'} | {statistics.fmean(n for _, _, n in runs):.1f} "
+                  f"| {statistics.fmean(bests):.3f} | {sum(b > args.solved for b in bests) / len(bests):.0%} |")
     if args.searched:
         m = args.searched_min_trials
         print(f"\nrecorded studies {args.searched}*: trials after the first {m} stopped at "

@@ -7,8 +7,8 @@ from typing import Sequence
 
 import optuna
 
-from nas.hurdles import (DEFAULT_HURDLE_SIGNAL, DEFAULT_MIN_TRIALS, DEFAULT_SELECTION_SIGNAL, HURDLE_SIGNALS,
-                         ProgressiveHurdlePruner, minus_last_loss)
+from nas.hurdles import (DEFAULT_HURDLE_RULE, DEFAULT_HURDLE_SIGNAL, DEFAULT_MIN_TRIALS, DEFAULT_SELECTION_SIGNAL,
+                         HURDLE_RULES, HURDLE_SIGNALS, ProgressiveHurdlePruner, minus_last_loss)
 
 SAMPLERS = ("evolution", "tpe", "nsga2", "cmaes", "gp", "random")
 PRUNERS = ("hurdles", "median", "hyperband", "none")
@@ -46,10 +46,14 @@ def make_sampler(name: str, *, seed: int | None, population: int = 20, tournamen
 
 
 def make_pruner(name: str, *, stages: Sequence[int], min_trials: int = DEFAULT_MIN_TRIALS,
-                signal: str = DEFAULT_HURDLE_SIGNAL) -> optuna.pruners.BasePruner:
-    """The pruner by name; `signal` (what the hurdles compare) applies to "hurdles" only."""
+                signal: str = DEFAULT_HURDLE_SIGNAL, rule: str = DEFAULT_HURDLE_RULE) -> optuna.pruners.BasePruner:
+    """The pruner by name; `signal` (what the hurdles compare) and `rule` (whether
+    training past a stage waits for its hurdle) apply to "hurdles" only."""
+    if rule not in HURDLE_RULES:
+        raise ValueError(f"unknown hurdle rule {rule!r}; choose one of {', '.join(HURDLE_RULES)}")
     if name == "hurdles":
-        return ProgressiveHurdlePruner(stages=tuple(stages), min_trials=min_trials, signal=signal)
+        return ProgressiveHurdlePruner(stages=tuple(stages), min_trials=min_trials, signal=signal,
+                                       progressive=rule == "progressive")
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=min_trials, n_warmup_steps=0)
     if name == "hyperband":

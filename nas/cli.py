@@ -13,7 +13,8 @@ import sys
 from typing import Sequence
 
 from nas.choices import PRUNERS, SAMPLERS
-from nas.hurdles import DEFAULT_HURDLE_SIGNAL, DEFAULT_MIN_TRIALS, DEFAULT_SELECTION_SIGNAL, HURDLE_SIGNALS
+from nas.hurdles import (DEFAULT_HURDLE_RULE, DEFAULT_HURDLE_SIGNAL, DEFAULT_MIN_TRIALS, DEFAULT_SELECTION_SIGNAL,
+                         HURDLE_RULES, HURDLE_SIGNALS)
 
 EXIT_USAGE = 2
 DEFAULT_TRIALS = 30
@@ -95,6 +96,10 @@ def _add_search_args(p: argparse.ArgumentParser, *, worker: bool) -> None:
     p.add_argument("--hurdle-signal", default=DEFAULT_HURDLE_SIGNAL, choices=HURDLE_SIGNALS,
                    help="what the hurdles compare: minus the validation loss (default, as the Evolved Transformer "
                         "compared log perplexity) or the fitness")
+    p.add_argument("--hurdle-rule", default=DEFAULT_HURDLE_RULE, choices=HURDLE_RULES,
+                   help="progressive: training past a stage opens once its hurdle is set, and the trials that set it "
+                        "stop there, as in the Evolved Transformer; fixed: the first --hurdle-trials trials train "
+                        f"through and set every hurdle (default {DEFAULT_HURDLE_RULE})")
     p.add_argument("--selection-signal", default=DEFAULT_SELECTION_SIGNAL, choices=HURDLE_SIGNALS,
                    help=f"what the evolution tournament compares: the fitness or minus the validation loss at the "
                         f"trial's last stage (default {DEFAULT_SELECTION_SIGNAL})")
@@ -153,7 +158,8 @@ def _search_config(args: argparse.Namespace, argv: Sequence[str]):
         trials=trials_limit(args), step_budget=args.step_budget, sampler=args.sampler, pruner=args.pruner, device=args.device, seed=args.seed,
         steps=args.steps, stages=args.stages, population=args.population, tournament=args.tournament,
         mutation_prob=args.mutation_prob, hurdle_trials=args.hurdle_trials,
-        hurdle_signal=args.hurdle_signal, selection_signal=args.selection_signal, warm_start=not args.no_warm_start,
+        hurdle_signal=args.hurdle_signal, hurdle_rule=args.hurdle_rule,
+        selection_signal=args.selection_signal, warm_start=not args.no_warm_start,
         command=command_line(list(argv)), measure_threads=args.measure_threads,
         train_options={} if args.lr is None else {"lr": args.lr},
     )

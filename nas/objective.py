@@ -27,7 +27,7 @@ from evaluators.errors import TrialFailure
 from evaluators.hardware import measure_latency, measure_memory
 from evaluators.tasks.base import Task
 from evaluators.training import Trainer
-from nas.hurdles import STAGE_METRICS_ATTR
+from nas.hurdles import STAGE_METRICS_ATTR, ProgressiveHurdlePruner
 from nas.tables import MeasureKey, Tables
 from search_spaces import ArchSpec, SearchSpace, SpecError, build_model, count_parameters
 
@@ -118,6 +118,16 @@ def measure(spec: ArchSpec, *, device: torch.device, batch_size: int, tables: Ta
     if tables is not None:
         tables.put_measurement(key, lat, mem)
     return Measurement(lat, mem, cached=cached, seconds=time.perf_counter() - t0)
+
+
+def _stop_reason(trial: optuna.Trial, step: int) -> str:
+    """Why the pruner stopped `trial` at `step`: the hurdle pruner says (below its
+    hurdle, or waiting for it under progressive hurdles); any other pruner stops a
+    trial below its own bar."""
+    pruner = trial.study.pruner
+    if isinstance(pruner, ProgressiveHurdlePruner):
+        return pruner.stop_reason(trial.study, trial.study._storage.get_trial(trial._trial_id))
+    return f"below the hurdle at step {step}"
 
 
 def _set_constraints(trial: optuna.Trial, violations: dict[str, float]) -> None:
@@ -237,8 +247,9 @@ class Objective:
                 return  # reported, and judged by the pruner, in the replay
             trial.report(result.fitness, step)
             if step < self.stages[-1] and trial.should_prune():
-                trial.set_user_attr("stopped", f"below the hurdle at step {step}")
-                raise optuna.TrialPruned(f"fitness {result.fitness:.4g} below the hurdle at step {step}")
+                why = _stop_reason(trial, step)
+                trial.set_user_attr("stopped", why)
+                raise optuna.TrialPruned(f"fitness {result.fitness:.4g}: {why}")
 
         try:
             trainer.train(self.stages[-1], report_at=self.stages, report=report)
@@ -304,8 +315,9 @@ class Objective:
             trial.report(value, step)
             trial.set_user_attr("steps_trained", step)
             if step < self.stages[-1] and trial.should_prune():
-                trial.set_user_attr("stopped", f"below the hurdle at step {step} (replayed from trial {twin.number})")
-                raise optuna.TrialPruned(f"fitness {value:.4g} below the hurdle at step {step}")
+                why = _stop_reason(trial, step)
+                trial.set_user_attr("stopped", f"{why} (replayed from trial {twin.number})")
+                raise optuna.TrialPruned(f"fitness {value:.4g}: {why}")
         if self.stages[-1] in replayed and self.tables is not None:
             row = self.tables.get_checkpoint(self.study_name, twin.number)
             if row is not None:  # the same weights: point at the twin's file

@@ -27,7 +27,8 @@ from evaluators.errors import TaskError, TrialFailure
 from evaluators.hardware import default_threads, resolve_device
 from evaluators.tasks import get_task
 from nas.choices import make_pruner, make_sampler
-from nas.hurdles import DEFAULT_HURDLE_SIGNAL, DEFAULT_MIN_TRIALS, DEFAULT_SELECTION_SIGNAL, HURDLE_SIGNALS
+from nas.hurdles import (DEFAULT_HURDLE_RULE, DEFAULT_HURDLE_SIGNAL, DEFAULT_MIN_TRIALS, DEFAULT_SELECTION_SIGNAL,
+                         HURDLE_RULES, HURDLE_SIGNALS)
 from nas.objective import Budget, Measurement, Objective, device_key, measure, measure_key
 from nas.results import FINISHED, best_feasible, finished_count, steps_spent, summary_table, total_steps_spent
 from nas.storage import GRACE_PERIOD, STUDIES_DIR, check_storage, check_study_name, default_url, open_storage, redact, sqlite_path
@@ -82,6 +83,7 @@ class SearchConfig:
     mutation_prob: float = 0.2
     hurdle_trials: int = DEFAULT_MIN_TRIALS
     hurdle_signal: str = DEFAULT_HURDLE_SIGNAL  # what the hurdles compare: "loss" (minus the validation loss) or "fitness"
+    hurdle_rule: str = DEFAULT_HURDLE_RULE  # "progressive": training past a stage waits for its hurdle (nas.hurdles); or "fixed"
     selection_signal: str = DEFAULT_SELECTION_SIGNAL  # what evolution's tournament compares, the same two choices
     warm_start: bool = True
     measure_threads: int | None = None
@@ -134,6 +136,8 @@ class Search:
         for flag, signal in (("--hurdle-signal", cfg.hurdle_signal), ("--selection-signal", cfg.selection_signal)):
             if signal not in HURDLE_SIGNALS:
                 raise SearchError(f"{flag} must be one of {', '.join(HURDLE_SIGNALS)}, got {signal!r}")
+        if cfg.hurdle_rule not in HURDLE_RULES:
+            raise SearchError(f"--hurdle-rule must be one of {', '.join(HURDLE_RULES)}, got {cfg.hurdle_rule!r}")
         try:
             Budget(cfg.latency_ms, cfg.memory_mb)  # validates numbers before any work
         except ValueError as e:
@@ -298,14 +302,16 @@ class Search:
             seed=self.cfg.seed, measure_batch=self.task.batch_size, threads=self.threads,
             train_options=self.train_options,
             search_info={"sampler": self.cfg.sampler, "pruner": self.cfg.pruner, "hurdle_trials": self.cfg.hurdle_trials,
-                         "hurdle_signal": self.cfg.hurdle_signal, "selection_signal": self.cfg.selection_signal},
+                         "hurdle_signal": self.cfg.hurdle_signal, "hurdle_rule": self.cfg.hurdle_rule,
+                         "selection_signal": self.cfg.selection_signal},
         )
 
     def load(self) -> optuna.Study:
         cfg = self.cfg
         sampler = make_sampler(cfg.sampler, seed=cfg.seed, population=cfg.population,
                                tournament=cfg.tournament, mutation_prob=cfg.mutation_prob, selection=cfg.selection_signal)
-        pruner = make_pruner(cfg.pruner, stages=self.stages, min_trials=cfg.hurdle_trials, signal=cfg.hurdle_signal)
+        pruner = make_pruner(cfg.pruner, stages=self.stages, min_trials=cfg.hurdle_trials, signal=cfg.hurdle_signal,
+                             rule=cfg.hurdle_rule)
         return optuna.load_study(study_name=cfg.study, storage=self.storage, sampler=sampler, pruner=pruner)
 
     def run(self, *, progress: bool = True, on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None) -> optuna.Study:

@@ -76,6 +76,8 @@ def hurdles_summary(study: optuna.Study, stages: list[int]) -> str:
                 f"the mean {what} of the first {m} trials at each stage: {values}")
     else:
         head = f"hurdles (step: mean {what} of the first {m} trials to reach it): {values}"
+        if _ran_progressive(study):
+            head += "\n(progressive: training past a stage waited for its hurdle; the trials that set it stopped there)"
     return (head + f"\nstage signal (does {what} at a hurdle stage predict the final fitness? "
             "see nas/stage_signal.py):\n" + format_stage_signals(signals))
 
@@ -117,3 +119,9 @@ def show_main(study_name: str, *, storage: str | None = None, top: int = 10, plo
         plot(study, plot_path)
         print(f"plot written to {plot_path}")
     return 0
+
+
+def _ran_progressive(study: optuna.Study) -> bool:
+    """Whether any trial ran under progressive hurdles (`--hurdle-rule progressive`)."""
+    return any(isinstance(i := t.user_attrs.get("search"), dict) and i.get("pruner") == "hurdles"
+               and i.get("hurdle_rule") == "progressive" for t in study.get_trials(deepcopy=False))

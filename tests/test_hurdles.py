@@ -74,6 +74,10 @@ def test_properties():
     assert p.min_trials == 4
     assert ProgressiveHurdlePruner((5,)).min_trials == 5
     assert "min_trials=4" in repr(p)
+    assert p.progressive is False
+    assert ProgressiveHurdlePruner((5,), progressive=True).progressive is True
+    with pytest.raises(ValueError, match="progressive"):
+        ProgressiveHurdlePruner((5,), progressive=1)
 
 
 # ------------------------------------------------------------------ hand-computed hurdles
@@ -386,3 +390,67 @@ def test_minus_last_loss(stage_metrics, expected):
     attrs = {} if stage_metrics is None else {"stage_metrics": stage_metrics}
     trial = optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, user_attrs=attrs)
     assert minus_last_loss(trial) == expected
+
+
+# ------------------------------------------------------------------ progressive opening
+
+# Each trial's fitness at the stages 10, 30 and 90.
+_CURVES = [
+    (0.5, 0.55, 0.6),
+    (0.3, 0.35, 0.4),
+    (0.35, 0.9, 0.9),
+    (0.6, 0.7, 0.75),
+    (0.45, 0.5, 0.55),
+    (0.9, 0.65, 0.8),
+    (0.5, 0.55, 0.95),
+]
+
+
+def _stops(pruner: ProgressiveHurdlePruner, enqueued: tuple[int, ...] = ()) -> tuple[list[int], dict[int, float]]:
+    """Run _CURVES in order through `pruner` (the trials in `enqueued` given by the
+    user through enqueue_trial); the step where each stopped, and the hurdles."""
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    stops = []
+    for number, curve in enumerate(_CURVES):
+        if number in enqueued:
+            study.enqueue_trial({"x": number})
+        trial = study.ask()
+        trial.suggest_int("x", 0, 100)
+        for step, value in zip(STAGES, curve):
+            trial.report(value, step)
+            if trial.should_prune():
+                study.tell(trial, state=TrialState.PRUNED)
+                break
+        else:
+            study.tell(trial, curve[-1])
+        stops.append(step)
+    return stops, pruner.hurdles(study)
+
+
+def test_fixed_rule_by_hand():
+    # Trials 0 and 1 define both hurdles: 10 -> (0.5 + 0.3) / 2 = 0.4,
+    # 30 -> (0.55 + 0.35) / 2 = 0.45; only trial 2 (0.35 at 10) falls below one.
+    stops, hurdles = _stops(ProgressiveHurdlePruner(STAGES, min_trials=2))
+    assert stops == [90, 90, 10, 90, 90, 90, 90]
+    assert hurdles == pytest.approx({10: 0.4, 30: 0.45})
+
+
+def test_progressive_opening_by_hand():
+    # Trial 0 stops at 10 (no hurdle yet), trial 1 sets it, 0.4, and stops too;
+    # trial 2 is below it (0.35). Trial 3 clears it and stops at 30 (no hurdle
+    # there yet); trial 4 clears 10, sets the hurdle at 30 from the two trials
+    # that cleared 10, (0.7 + 0.5) / 2 = 0.6, and stops. Trial 5 clears both
+    # (0.9, 0.65) and is the first trained through; trial 6 is below 0.6 at 30.
+    stops, hurdles = _stops(ProgressiveHurdlePruner(STAGES, min_trials=2, progressive=True))
+    assert stops == [10, 10, 10, 30, 30, 90, 30]
+    assert hurdles == pytest.approx({10: 0.4, 30: 0.6})
+
+
+def test_progressive_opening_trains_an_enqueued_trial_through_unless_a_hurdle_stops_it():
+    # Trial 0, enqueued, trains through though no hurdle is set, and counts in
+    # both hurdles: 10 -> (0.5 + 0.3) / 2 = 0.4, 30 -> (0.55 + 0.7) / 2 = 0.625
+    # (with trial 3, the first other trial to get there). Trial 2, enqueued
+    # too, is below the hurdle at 10 and stops there all the same.
+    stops, hurdles = _stops(ProgressiveHurdlePruner(STAGES, min_trials=2, progressive=True), enqueued=(0, 2))
+    assert stops == [90, 10, 10, 30, 30, 90, 30]
+    assert hurdles == pytest.approx({10: 0.4, 30: 0.625})

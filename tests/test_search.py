@@ -401,11 +401,11 @@ def test_step_budget_alone_stops_when_the_space_is_exhausted(tmp_path):
     assert "space looks exhausted" in log.getvalue()
 
 
-def test_default_hurdles_stop_exactly_the_trials_whose_loss_is_above_the_hurdle(tmp_path):
+def test_fixed_hurdles_stop_exactly_the_trials_whose_loss_is_above_the_hurdle(tmp_path):
     # Recomputed by hand from what Optuna stored: the hurdle at step 4 is the mean of
     # minus the loss of the first 2 trials to report there; every later trial that
     # reported there went on iff its -loss was at or above it.
-    cfg = tiny_config(tmp_path, trials=10, hurdle_trials=2, seed=1)
+    cfg = tiny_config(tmp_path, trials=10, hurdle_trials=2, seed=1, hurdle_rule="fixed")
     Search(cfg, log=io.StringIO()).run()
     study = optuna.load_study(study_name="t", storage=cfg.storage)
     at4 = [t for t in sorted(study.trials, key=lambda t: t.number)
@@ -421,6 +421,11 @@ def test_default_hurdles_stop_exactly_the_trials_whose_loss_is_above_the_hurdle(
     # the tiny search: 7 of 8), so this checks the loss, not a coincidence of the two.
     fit_hurdle = (at4[0].intermediate_values[4] + at4[1].intermediate_values[4]) / 2
     assert any((t.intermediate_values[4] >= fit_hurdle) != (8 in t.intermediate_values) for t in judged)
+    from nas.show import show
+
+    out = io.StringIO()
+    show(study, out=out)
+    assert "hurdles (step: mean -loss of the first 2 trials" in out.getvalue() and "progressive" not in out.getvalue()
 
 
 def test_selection_on_loss_picks_the_parent_with_the_lowest_last_loss(tmp_path):
@@ -455,3 +460,41 @@ def test_selection_on_loss_picks_the_parent_with_the_lowest_last_loss(tmp_path):
     assert all(t.user_attrs["search"]["selection_signal"] == "loss" for t in trials)
     with pytest.raises(SearchError, match="--selection-signal"):
         Search(tiny_config(tmp_path, name="u", selection_signal="perplexity"), log=io.StringIO())
+
+
+def test_progressive_hurdles_stop_the_trials_that_set_them_and_train_the_warm_start_through(tmp_path):
+    # `nas search` with the default --hurdle-rule progressive, recomputed by
+    # hand from what Optuna stored: the vanilla warm start (trial 0, enqueued) trains
+    # through although no hurdle is set when it reports; the first other trial to
+    # report at step 4 sets the hurdle with it (2 trials) and stops there; every
+    # later one goes on iff its -loss at step 4 is at or above their mean.
+    from nas.cli import _search_config, build_parser
+
+    for argv, rule in ((["search", "--study", "t"], "progressive"),
+                       (["search", "--study", "t", "--hurdle-rule", "fixed"], "fixed")):
+        assert _search_config(build_parser().parse_args(argv), argv).hurdle_rule == rule
+    cfg = tiny_config(tmp_path, trials=10, hurdle_trials=2, seed=1)  # the default rule: progressive
+    Search(cfg, log=io.StringIO()).run()
+    study = optuna.load_study(study_name="t", storage=cfg.storage)
+    at4 = [t for t in sorted(study.trials, key=lambda t: t.number)
+           if t.state.is_finished() and 4 in t.intermediate_values]
+    assert at4[0].number == 0 and at4[0].user_attrs.get("warm_start") == "vanilla transformer"
+    assert all(t.user_attrs["search"]["hurdle_rule"] == "progressive" for t in at4)
+    assert sorted(at4[0].intermediate_values) == [4, 8]
+    setter = at4[1]
+    assert sorted(setter.intermediate_values) == [4] and setter.state == optuna.trial.TrialState.PRUNED
+    assert "defining the hurdle at step 4" in setter.user_attrs["stopped"]
+    neg_loss = {t.number: -t.user_attrs["stage_metrics"]["4"]["loss"] for t in at4}
+    hurdle = (neg_loss[at4[0].number] + neg_loss[setter.number]) / 2
+    judged = at4[2:]
+    assert judged
+    for t in judged:
+        went_on = 8 in t.intermediate_values
+        assert went_on == (neg_loss[t.number] >= hurdle), (t.number, neg_loss[t.number], hurdle)
+        if not went_on:
+            assert t.user_attrs["stopped"].startswith("below the hurdle at step 4")
+    from nas.show import show
+
+    out = io.StringIO()
+    show(study, out=out)
+    assert "progressive: training past a stage waited for its hurdle" in out.getvalue()
