@@ -24,9 +24,10 @@ orders of all the curves, until S steps are spent), without hurdles and with
 each rule, and prints the trials they ran and the best final fitness they found:
 the equal-compute comparison of benchmarks/search.py, without the sampler.
 
---rules picks the hurdle rules to replay: fixed (the first min_trials trials
-train through and define every hurdle, the default) and progressive (training
-past a stage waits for its hurdle; see nas/hurdles.py).
+--rules picks the hurdle rules to replay (both by default): progressive
+(training past a stage waits for its hurdle, nas search's default; see
+nas/hurdles.py) and fixed (the first min_trials trials train through and define
+every hurdle).
 
 --signal loss replays the same trials with hurdles on minus the validation
 loss instead of the fitness (the Evolved Transformer's hurdles compared negative
@@ -90,7 +91,7 @@ def replay(curves: list[tuple[float, ...]], stages: tuple[int, ...], min_trials:
     pruner = (optuna.pruners.NopPruner() if min_trials is None
               else ProgressiveHurdlePruner(stages=stages, min_trials=min_trials, progressive=progressive))
     study = optuna.create_study(direction="maximize", pruner=pruner)
-    spent, best, number = 0, float("-inf"), 0
+    spent, best = 0, float("-inf")
     for number, curve in enumerate(curves):
         if step_budget is not None and spent >= step_budget:
             return spent, best, number
@@ -139,7 +140,7 @@ def main() -> None:
     ap.add_argument("--signal", choices=["fitness", "loss"], default="fitness",
                     help="what the hurdles compare before the last stage: the fitness, or minus the validation loss")
     ap.add_argument("--rules", nargs="+", choices=["progressive", "fixed"], default=["progressive", "fixed"],
-                    help="progressive: training past a stage opens once its hurdle is set (the default); "
+                    help="progressive: training past a stage opens once its hurdle is set (nas search's default); "
                          "fixed: the first min_trials trials train through and define every hurdle")
     ap.add_argument("--step-budget", type=int, default=None,
                     help="also replay searches that each spend this many training steps (random orders of all "

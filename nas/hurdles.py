@@ -328,40 +328,35 @@ class ProgressiveHurdlePruner(optuna.pruners.BasePruner):
     # ------------------------------------------------------------------ pruning
 
     def prune(self, study: optuna.study.Study, trial: FrozenTrial) -> bool:
-        step = trial.last_step
-        if step is None or step not in self.hurdle_stages:
-            return False
-        if math.isnan(trial.intermediate_values[step]):
-            return True
-        value = self.signal_value(trial, step)
-        if value is None:
-            return False  # the loss signal, and no loss recorded: not judged (module docstring)
-        if math.isnan(value):
-            return True
-        trials = study.get_trials(deepcopy=False, states=_REPORTER_STATES + (TrialState.WAITING,))
-        hurdle = self._hurdle(trials, step)
-        if hurdle is None or trial.number in hurdle.trial_numbers:
-            return self.waits_for_hurdle(trial)
-        if not self.maximizes(study):
-            return value > hurdle.value
-        return value < hurdle.value
-
-    def waits_for_hurdle(self, trial: FrozenTrial) -> bool:
-        """Whether `trial`, at a stage whose hurdle is not set or which it
-        defines, stops there: progressive, and not enqueued by the user."""
-        return self._progressive and "fixed_params" not in trial.system_attrs
+        return self._judge(study, trial) is not None
 
     def stop_reason(self, study: optuna.study.Study, trial: FrozenTrial) -> str:
-        """Why `trial`, pruned at its latest report, stopped there, in words."""
+        """Why `trial`, pruned at its latest report, stopped there, in words (the
+        decision `prune` took, read from the same storage)."""
+        return self._judge(study, trial) or f"not stopped by the hurdles at step {trial.last_step}"
+
+    def _judge(self, study: optuna.study.Study, trial: FrozenTrial) -> str | None:
+        """Why `trial` stops at its latest report, or None when it goes on (the
+        module docstring's "Pruning" rule)."""
         step = trial.last_step
-        value = self.signal_value(trial, step) if step is not None else None
-        if step is None or math.isnan(trial.intermediate_values[step]) or (value is not None and math.isnan(value)):
+        if step is None or step not in self.hurdle_stages:
+            return None
+        if math.isnan(trial.intermediate_values[step]):
+            return f"diverged (NaN) at step {step}"
+        value = self.signal_value(trial, step)
+        if value is None:
+            return None  # the loss signal, and no loss recorded: not judged (module docstring)
+        if math.isnan(value):
             return f"diverged (NaN) at step {step}"
         trials = study.get_trials(deepcopy=False, states=_REPORTER_STATES + (TrialState.WAITING,))
         hurdle = self._hurdle(trials, step)
-        if hurdle is None:
-            return (f"no hurdle at step {step} yet: progressive hurdles open training past a stage "
-                    f"once {self._min_trials} trials have reported there")
-        if trial.number in hurdle.trial_numbers:
+        if hurdle is None or trial.number in hurdle.trial_numbers:
+            # Progressive opening: wait for the hurdle, unless the user enqueued the trial.
+            if not self._progressive or "fixed_params" in trial.system_attrs:
+                return None
+            if hurdle is None:
+                return (f"no hurdle at step {step} yet: progressive hurdles open training past a stage "
+                        f"once {self._min_trials} trials have reported there")
             return f"one of the {self._min_trials} trials defining the hurdle at step {step} (progressive hurdles)"
-        return f"below the hurdle at step {step}"
+        below = value > hurdle.value if not self.maximizes(study) else value < hurdle.value
+        return f"below the hurdle at step {step}" if below else None
