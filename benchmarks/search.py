@@ -54,6 +54,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 
 from nas.hurdles import HURDLE_SIGNALS, signal_label  # noqa: E402
@@ -184,6 +185,7 @@ def main() -> None:
             for tol, what in ((0.0, "exactly"), (0.01, "within 1%")):
                 print(reach_fraction(results[hurdled], results["random"], tol, what, hurdled))
         print(mean_curve_cuts(results[hurdled], results[plain], results.get("random"), hurdled, plain))
+        print(bootstrap_mean_curves(results[hurdled], results[plain], results.get("random"), hurdled, plain))
     print_stage_signals({k: v for k, v in signals.items() if METHODS[k[0]]["pruner"] == "none"})
 
 
@@ -250,15 +252,29 @@ def equal_trials_cut(h: list[Traj], e: list[Traj], plain: str) -> str:
             f"({statistics.mean(gaps) / max(1e-9, statistics.mean(e_best)) * 100:+.2f}% of the no-hurdle best)")
 
 
-def mean_curve_steps(runs: list[Traj], target: float, resolution: int = 25) -> int | None:
+CURVE_RESOLUTION = 25  # steps between the points at which the mean curves are read
+CUT_TARGET, REACH_TARGET = 2.5, 0.5  # issue 4: cut >= 2.5x; random's best within <= half its steps
+
+
+def curve_matrix(runs: list[Traj], top: int, resolution: int = CURVE_RESOLUTION) -> tuple[np.ndarray, np.ndarray]:
+    """(S, B): S = resolution, 2*resolution, ... up to `top`; B[i, j] = the best feasible
+    fitness run i had found within S[j] steps, 0 before its first fully trained candidate."""
+    grid = np.arange(resolution, top + resolution, resolution)
+    return grid, np.array([[best_within(r, int(s)) or 0.0 for s in grid] for r in runs])
+
+
+def first_reaching(grid: np.ndarray, mean_curve: np.ndarray, target: float) -> int | None:
+    """The first S on `grid` where `mean_curve` reaches `target`, None if it never does."""
+    hit = np.flatnonzero(mean_curve >= target - 1e-12)
+    return int(grid[hit[0]]) if hit.size else None
+
+
+def mean_curve_steps(runs: list[Traj], target: float, resolution: int = CURVE_RESOLUTION) -> int | None:
     """The fewest training steps S (a multiple of `resolution`) by which the mean over
     seeds of the best feasible fitness found within S steps reaches `target`; a seed
     with no fully trained feasible trial by then counts 0. None if it never does."""
-    top = max(r[-1][0] for r in runs)
-    for s in range(resolution, top + resolution, resolution):
-        if statistics.mean(best_within(r, s) or 0.0 for r in runs) >= target - 1e-12:
-            return s
-    return None
+    grid, curves = curve_matrix(runs, max(r[-1][0] for r in runs), resolution)
+    return first_reaching(grid, curves.mean(axis=0), target)
 
 
 def mean_curve_cuts(h: list[Traj], e: list[Traj], r: list[Traj] | None, hurdled: str, plain: str) -> str:
@@ -276,6 +292,48 @@ def mean_curve_cuts(h: list[Traj], e: list[Traj], r: list[Traj] | None, hurdled:
         s = mean_curve_steps(h, r_final)
         lines.append(f"on the mean curves: {hurdled} reached random's mean final best ({r_final:.4f}) after "
                      + ("never" if s is None else f"{s} steps, {s / r_steps:.2f} of random's"))
+    return "\n".join(lines)
+
+
+def bootstrap_mean_curves(h: list[Traj], e: list[Traj], r: list[Traj] | None, hurdled: str, plain: str,
+                          n: int = 2000, seed: int = 0) -> str:
+    """How far the mean-curve reading of the targets can be trusted, with this many seeds.
+
+    A paired bootstrap over seeds (Efron & Tibshirani 1993, ch. 6): draw the seed
+    indices with replacement, n times; every method takes the same draw, as they
+    ran on the same seeds (one seed fixes the training randomness, so one seed's
+    runs share their luck). Each draw gives both targets on its mean curves, as
+    `mean_curve_cuts` reads them. Reported: the share of draws meeting each target
+    and the 5th, 50th and 95th percentiles ("never" sorts as no cut, as infinitely
+    many of random's steps)."""
+    top = max(run[-1][0] for run in h)
+    grid, hc = curve_matrix(h, top)
+    e_final = np.array([run[-1][1] or 0.0 for run in e])
+    e_steps = np.array([run[-1][0] for run in e], dtype=float)
+    r_final = np.array([run[-1][1] or 0.0 for run in r]) if r is not None else None
+    r_steps = np.array([run[-1][0] for run in r], dtype=float) if r is not None else None
+    rng = np.random.default_rng(seed)
+    cuts, fracs = [], []
+    for _ in range(n):
+        idx = rng.integers(0, len(h), len(h))
+        curve = hc[idx].mean(axis=0)
+        s = first_reaching(grid, curve, 0.99 * e_final[idx].mean())
+        cuts.append(0.0 if s is None else e_steps[idx].mean() / s)
+        if r_final is not None:
+            s = first_reaching(grid, curve, r_final[idx].mean())
+            fracs.append(np.inf if s is None else s / r_steps[idx].mean())
+
+    def spread(values: list[float]) -> str:
+        q = np.percentile(values, [5, 50, 95], method="nearest")  # no interpolating with "never"
+        return ", ".join("never" if v in (0.0, np.inf) else f"{v:.2f}" for v in q)
+
+    lines = [f"bootstrap over seeds ({n} paired draws of {len(h)}): the cut on the mean curves is "
+             f">= {CUT_TARGET}x in {np.mean(np.array(cuts) >= CUT_TARGET):.0%} of draws "
+             f"(5th/50th/95th percentile: {spread(cuts)}x)"]
+    if fracs:
+        lines.append(f"bootstrap over seeds: {hurdled} reached random's mean final best within "
+                     f"{REACH_TARGET} of its steps in {np.mean(np.array(fracs) <= REACH_TARGET):.0%} of draws "
+                     f"(5th/50th/95th percentile: {spread(fracs)})")
     return "\n".join(lines)
 
 

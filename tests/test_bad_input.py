@@ -122,6 +122,13 @@ def test_bad_step_budget(capsys, db, value):
     assert stored(db) == before
 
 
+@pytest.mark.parametrize("value", ["0", "1.5", "abc"])
+def test_bad_min_lr_ratio(capsys, db, value):
+    before = stored(db)
+    fails_cleanly(capsys, search_args(db, "--min-lr-ratio", value, study="new"), "--min-lr-ratio")
+    assert stored(db) == before
+
+
 @pytest.mark.parametrize("command", ["show", "export"])
 def test_unknown_study(capsys, db, tmp_path, command):
     before = stored(db)
@@ -219,7 +226,7 @@ def test_nan_training_fails_the_trial_and_the_search_goes_on(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "stopped after 10 failed trials" in out
     study = optuna.load_study(study_name="n", storage=f"sqlite:///{tmp_path}/n.db")
-    assert study.user_attrs["nas:train_options"] == {"lr": 1e30}
+    assert study.user_attrs["nas:train_options"] == {"lr": 1e30, "min_lr_ratio": 1.0}
     assert len(study.trials) == 10  # it went on after the first failure, up to the failure limit
     for t in study.trials:
         assert t.state == optuna.trial.TrialState.FAIL

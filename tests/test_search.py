@@ -11,6 +11,7 @@ import warnings
 
 import optuna
 import pytest
+import torch
 
 from nas.objective import Budget, Objective
 from nas.results import FINISHED
@@ -19,7 +20,8 @@ from nas.storage import default_url
 from nas.tables import Tables
 from evaluators.hardware import resolve_device
 from evaluators.tasks import get_task
-from search_spaces import load_space
+from evaluators.training import Trainer
+from search_spaces import ArchSpec, build_model, load_space
 
 TINY_TASK = dict(vocab_size=16, seq_len=16, num_kv_pairs=2, n_valid=64, batch_size=16)
 
@@ -498,3 +500,40 @@ def test_progressive_hurdles_stop_the_trials_that_set_them_and_train_the_warm_st
     out = io.StringIO()
     show(study, out=out)
     assert "progressive: training past a stage waited for its hurdle" in out.getvalue()
+
+
+def _retrained_loss(trial: optuna.trial.FrozenTrial, steps: int, **trainer_options) -> float:
+    """An independent training of `trial`'s architecture, seeded as a study seeds it."""
+    spec = ArchSpec.from_json(trial.user_attrs["arch"])
+    torch.manual_seed(trial.user_attrs["seed"])
+    trainer = Trainer(build_model(spec), get_task("mqar", **TINY_TASK), max_steps=steps,
+                      seed=trial.user_attrs["seed"], **trainer_options)
+    trainer.train(steps)
+    return trainer.evaluate().metrics["loss"]
+
+
+def test_new_studies_train_at_a_constant_rate_after_warm_up_and_older_ones_keep_their_schedule(tmp_path):
+    # A study made now stores the default schedule, and its candidates train with it.
+    cfg = tiny_config(tmp_path, trials=2, pruner="none", stages=(16,))
+    Search(cfg, log=io.StringIO()).run()
+    study = optuna.load_study(study_name="t", storage=cfg.storage)
+    assert study.user_attrs["nas:train_options"] == {"min_lr_ratio": 1.0}
+    trained = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and "replayed_from" not in t.user_attrs]
+    loss = trained[0].user_attrs["metrics"]["loss"]
+    assert loss == pytest.approx(_retrained_loss(trained[0], 16, min_lr_ratio=1.0), rel=1e-4)
+    assert loss != pytest.approx(_retrained_loss(trained[0], 16, min_lr_ratio=0.1), rel=1e-3)
+    # Asking a stored study for another schedule is refused; asking for its own is not.
+    with pytest.raises(SearchError, match="train_options"):
+        Search(tiny_config(tmp_path, trials=2, pruner="none", stages=(16,), train_options={"min_lr_ratio": 0.1}),
+               log=io.StringIO())
+    Search(tiny_config(tmp_path, trials=2, pruner="none", stages=(16,), train_options={"min_lr_ratio": 1.0}),
+           log=io.StringIO())
+    # A study stored before the default (no schedule recorded) resumes with the trainer's cosine.
+    study.set_user_attr("nas:train_options", {})
+    Search(tiny_config(tmp_path, trials=6, pruner="none", stages=(16,)), log=io.StringIO()).run()
+    study = optuna.load_study(study_name="t", storage=cfg.storage)
+    assert study.user_attrs["nas:train_options"] == {}
+    later = [t for t in study.trials if t.number >= 2 and t.state == optuna.trial.TrialState.COMPLETE
+             and "replayed_from" not in t.user_attrs]
+    assert later, "the resumed study trained no new architecture"
+    assert later[0].user_attrs["metrics"]["loss"] == pytest.approx(_retrained_loss(later[0], 16), rel=1e-4)
