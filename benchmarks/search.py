@@ -20,7 +20,9 @@ without them too, e.g. tpe+hurdles against tpe):
   - both targets once more on the mean curves (mean over seeds of the best
     found within S steps, a seed without a trained candidate yet counting 0):
     the steps by which evolution+hurdles' mean came within 1% of evolution's
-    mean final best, and reached random's mean final best.
+    mean final best, and reached random's mean final best;
+  - how far those two can be trusted: a paired bootstrap over the seeds, with the
+    share of draws meeting each target (>= 2.5x; <= half of random's steps).
 With a step budget, hurdles spend fewer steps per trial and so run more trials:
 the comparison the Evolved Transformer made (So et al. 2019, section 3).
 

@@ -3,14 +3,17 @@ the hurdles, and optionally a plot (matplotlib, an optional extra)."""
 
 from __future__ import annotations
 
+import inspect
 import sys
 from collections import Counter
 from typing import TextIO
 
 import optuna
 
+from evaluators.training import Trainer
 from nas.errors import NasError
 from nas.hurdles import DEFAULT_MIN_TRIALS, signal_label
+from nas.search import TRAIN_ATTR
 from nas.results import HEADER, _row, fitness, format_table, is_feasible, pareto_front, summary_table, total_steps_spent
 from nas.stage_signal import format_stage_signals, stage_signals
 from nas.storage import check_storage, default_url, open_storage, redact, sqlite_path
@@ -44,6 +47,18 @@ def show(study: optuna.Study, *, top: int = 10, out: TextIO = sys.stdout) -> Non
     replays = sum("replayed_from" in t.user_attrs for t in trials)
     replayed = f" ({replays} {'trial' if replays == 1 else 'trials'} replayed an architecture trained before)"
     print(f"training steps spent: {steps}" + (replayed if replays else ""), file=out)
+    print(training_schedule(study), file=out)
+
+
+def training_schedule(study: optuna.Study) -> str:
+    """How the study trains its candidates: the options it stored (a study made before
+    they were stored, none) over the Trainer's own defaults."""
+    options = {name: p.default for name, p in inspect.signature(Trainer).parameters.items()
+               if p.default is not inspect.Parameter.empty}
+    options.update(study.user_attrs.get(TRAIN_ATTR) or {})
+    ratio = float(options["min_lr_ratio"])
+    after = "a constant rate" if ratio == 1.0 else f"a cosine down to {ratio:g} x the peak"
+    return f"training: AdamW, peak learning rate {float(options['lr']):g}, a warm-up, then {after}"
 
 
 def hurdle_setting(study: optuna.Study) -> tuple[int, str, bool | None, list[str]]:

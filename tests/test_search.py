@@ -16,6 +16,7 @@ import torch
 from nas.objective import Budget, Objective
 from nas.results import FINISHED
 from nas.search import Search, SearchConfig, SearchError
+from nas.show import show
 from nas.storage import default_url
 from nas.tables import Tables
 from evaluators.hardware import resolve_device
@@ -537,3 +538,10 @@ def test_new_studies_train_at_a_constant_rate_after_warm_up_and_older_ones_keep_
              and "replayed_from" not in t.user_attrs]
     assert later, "the resumed study trained no new architecture"
     assert later[0].user_attrs["metrics"]["loss"] == pytest.approx(_retrained_loss(later[0], 16), rel=1e-4)
+    out = io.StringIO()
+    show(study, out=out)
+    assert "warm-up, then a cosine down to 0.1 x the peak" in out.getvalue()
+    study.set_user_attr("nas:train_options", {"min_lr_ratio": 1.0, "lr": 0.01})
+    out = io.StringIO()
+    show(study, out=out)
+    assert "peak learning rate 0.01, a warm-up, then a constant rate" in out.getvalue()
