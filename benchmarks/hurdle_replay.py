@@ -192,8 +192,14 @@ def main() -> None:
             runs = [replay([curves[i] for i in perm], stages, m, progressive=rule == "progressive",
                            step_budget=args.step_budget) for perm in perms]
             bests = [best for _, best, _ in runs]
+            # An order whose trials all stopped at a hurdle has no final fitness (-inf): say how
+            # many, rather than let one of them turn the mean into -inf.
+            trained = [b for b in bests if b != float("-inf")]
+            mean = f"{statistics.fmean(trained):.3f}" if trained else "-"
+            if len(trained) < len(bests):
+                mean += f" (in {len(bests) - len(trained)} of {len(bests)} orders none trained through)"
             print(f"| {rule} | {m if m is not None else '-'} | {statistics.fmean(n for _, _, n in runs):.1f} "
-                  f"| {statistics.fmean(bests):.3f} | {sum(b > args.solved for b in bests) / len(bests):.0%} |")
+                  f"| {mean} | {sum(b > args.solved for b in bests) / len(bests):.0%} |")
     if args.searched:
         m = args.searched_min_trials
         print(f"\nrecorded studies {args.searched}*: trials after the first {m} stopped at "
