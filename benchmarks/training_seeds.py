@@ -1,13 +1,16 @@
 """How much of a candidate's fitness is its architecture, and how much its
 training seed? Trains fixed architectures of the default space on the default
-task once per training seed, exactly as a study with that --seed trains them
+task once per training seed, as a study with that --seed trains them
 (`torch.manual_seed(seed)` before the model is built, the Trainer's seed for the
-data order, the search's schedule), and prints each one's fitness per seed, the
+data order), and prints each one's fitness per seed, the
 share of seeds in which it learned the task, and the step by which it had.
 
     python benchmarks/training_seeds.py [--seeds 0 1 2 3 4 5 6 7] [--steps 400]
         [--solved 0.9] [--arch NAME_OR_JSON ...] [--lr 3e-3] [--min-lr-ratio 0.1]
         [--batch-size 32] [--threads 1]
+
+The schedule is the Trainer's own (a cosine down to 0.1 x the peak) unless --lr or
+--min-lr-ratio says otherwise; `nas search` now trains at --min-lr-ratio 1.
 
 --arch takes the names below or an architecture's JSON as `nas show` prints it.
 The default set is the space's vanilla transformer (the warm start of `nas
@@ -31,7 +34,8 @@ import torch  # noqa: E402
 
 from evaluators.tasks import get_task  # noqa: E402
 from evaluators.training import Trainer  # noqa: E402
-from search_spaces import ArchSpec, build_model  # noqa: E402
+from nas.search import _spec_from_params, _vanilla_params  # noqa: E402
+from search_spaces import ArchSpec, build_model, load_space  # noqa: E402
 
 
 def _layers(*layers: dict) -> list[dict]:
@@ -39,8 +43,8 @@ def _layers(*layers: dict) -> list[dict]:
 
 
 FULL_1 = {"attention": "full", "heads": 1, "ffn": 128}
-NAMED = {  # d_model 64, two layers, all on the default task's shape
-    "vanilla": _layers({"attention": "full", "heads": 4, "ffn": 256}, {"attention": "full", "heads": 4, "ffn": 256}),
+NAMED = {  # d_model 64, two layers, all on the default task's shape; "vanilla" is the search's own
+    "vanilla": None,
     "full2+full": _layers({"attention": "full", "heads": 2, "ffn": 128}, FULL_1),
     "local8+full": _layers({"attention": "local", "heads": 1, "ffn": 128, "window": 8}, FULL_1),
     "block16+full": _layers({"attention": "block", "heads": 1, "ffn": 128, "block": 16}, FULL_1),
@@ -50,6 +54,9 @@ NAMED = {  # d_model 64, two layers, all on the default task's shape
 
 def resolve(arch: str, shape) -> tuple[str, ArchSpec]:
     """(label, spec) for a name of NAMED or an ArchSpec JSON."""
+    if arch == "vanilla":  # what nas search enqueues as its warm start, so the two cannot drift apart
+        space = load_space("default")
+        return arch, _spec_from_params(space, _vanilla_params(space), shape)
     if arch in NAMED:
         return arch, ArchSpec.from_dict({"vocab_size": shape.vocab_size, "max_seq_len": shape.max_seq_len,
                                          "d_model": 64, "causal": shape.causal, "head": shape.head,
