@@ -63,10 +63,12 @@ import optuna  # noqa: E402
 from nas.hurdles import ProgressiveHurdlePruner, signal_label  # noqa: E402
 
 
-def recorded_curves(url: str, stages: tuple[int, ...], signal: str = "fitness") -> list[tuple[float, ...]]:
+def recorded_curves(url: str, stages: tuple[int, ...], signal: str = "fitness",
+                    max_latency_ms: float | None = None) -> list[tuple[float, ...]]:
     """One curve per distinct fully trained architecture: the hurdle signal at each
     stage but the last (the fitness, or with signal "loss" minus the validation
-    loss), then the final fitness."""
+    loss), then the final fitness. With `max_latency_ms`, only architectures
+    measured within that budget (a tighter one than the studies ran under)."""
     read = ProgressiveHurdlePruner(stages=stages, signal=signal).signal_value  # what the pruner compares
     curves: dict[str, tuple[float, ...]] = {}
     for summary in optuna.get_all_study_summaries(url):
@@ -76,6 +78,8 @@ def recorded_curves(url: str, stages: tuple[int, ...], signal: str = "fitness") 
             head = [read(t, s) for s in stages[:-1]]
             if stages[-1] not in iv or None in head:
                 continue  # not trained through, or recorded before stage_metrics (no loss per stage)
+            if max_latency_ms is not None and t.user_attrs.get("latency_ms", float("inf")) > max_latency_ms:
+                continue
             key = t.user_attrs.get("arch_hash") or json.dumps(t.params, sort_keys=True)
             curves[key] = (*head, float(iv[stages[-1]]))
     return list(curves.values())
@@ -145,13 +149,15 @@ def main() -> None:
     ap.add_argument("--step-budget", type=int, default=None,
                     help="also replay searches that each spend this many training steps (random orders of all "
                          "the curves), with each rule and without hurdles, as benchmarks/search.py compares them")
+    ap.add_argument("--max-latency-ms", type=float, default=None,
+                    help="replay only architectures measured within this latency (a tighter budget than recorded)")
     ap.add_argument("--searched", default=None, help="study-name prefix of recorded runs with hurdles, to compare")
     ap.add_argument("--searched-min-trials", type=int, default=5, help="the min_trials those runs used")
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     stages = tuple(int(s) for s in args.stages.split(","))
     url = f"sqlite:///{Path(args.db).resolve()}"
-    curves = recorded_curves(url, stages, args.signal)
+    curves = recorded_curves(url, stages, args.signal, args.max_latency_ms)
     if len(curves) < args.n:
         why = " with stage_metrics" if args.signal == "loss" else ""
         raise SystemExit(f"only {len(curves)} fully trained architectures{why} at stages {stages} in {args.db}; "

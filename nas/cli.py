@@ -117,6 +117,9 @@ def _add_search_args(p: argparse.ArgumentParser, *, worker: bool) -> None:
     p.add_argument("--task", default="mqar", help="mqar | listops | text (default mqar)")
     p.add_argument("--task-option", action="append", metavar="NAME=VALUE", help="a task knob, e.g. num_kv_pairs=16 or path=corpus.txt")
     p.add_argument("--latency-ms", type=_positive_float, help="latency budget per batch in ms (default: the measured latency of a vanilla transformer)")
+    p.add_argument("--latency-fraction", type=_positive_float,
+                   help="latency budget as a share of the vanilla transformer's latency, measured when the study is "
+                        "made (0.5: twice as fast); instead of --latency-ms")
     p.add_argument("--memory-mb", type=_positive_float, help="peak inference memory budget in MiB (default: none)")
     p.add_argument("--steps", type=int, default=400, help="training steps of a candidate that clears every hurdle (default 400)")
     p.add_argument("--stages", type=_stages, help="hurdle stages as step counts, e.g. 50,130,400 (default: steps/16, steps/8, steps/3, steps)")
@@ -164,7 +167,7 @@ def _search_config(args: argparse.Namespace, argv: Sequence[str]):
 
     return SearchConfig(
         study=args.study, storage=args.storage, space=args.space, task=args.task,
-        task_options=_task_options(args.task_option), latency_ms=args.latency_ms, memory_mb=args.memory_mb,
+        task_options=_task_options(args.task_option), latency_ms=args.latency_ms, latency_fraction=args.latency_fraction, memory_mb=args.memory_mb,
         trials=trials_limit(args), step_budget=args.step_budget, sampler=args.sampler, pruner=args.pruner, device=args.device, seed=args.seed,
         steps=args.steps, stages=args.stages, population=args.population, tournament=args.tournament,
         mutation_prob=args.mutation_prob, hurdle_trials=args.hurdle_trials,

@@ -13,7 +13,7 @@ import optuna
 from evaluators.training import Trainer
 from nas.errors import NasError
 from nas.hurdles import DEFAULT_MIN_TRIALS, signal_label
-from nas.search import TRAIN_ATTR
+from nas.search import BUDGET_ORIGIN_ATTR, CONFIG_ATTR, TRAIN_ATTR
 from nas.results import HEADER, _row, fitness, format_table, is_feasible, pareto_front, summary_table, total_steps_spent
 from nas.stage_signal import format_stage_signals, stage_signals
 from nas.storage import check_storage, default_url, open_storage, redact, sqlite_path
@@ -36,6 +36,7 @@ def open_study(study: str, storage: str | None = None) -> optuna.Study:
 
 def show(study: optuna.Study, *, top: int = 10, out: TextIO = sys.stdout) -> None:
     print(summary_table(study, top=top), file=out)
+    print(budget_line(study), file=out)
     front = pareto_front(study)
     print("\nPareto front (fitness against measured latency):", file=out)
     print(format_table([_row(t) for t in front], HEADER) if front else "empty", file=out)
@@ -48,6 +49,26 @@ def show(study: optuna.Study, *, top: int = 10, out: TextIO = sys.stdout) -> Non
     replayed = f" ({replays} {'trial' if replays == 1 else 'trials'} replayed an architecture trained before)"
     print(f"training steps spent: {steps}" + (replayed if replays else ""), file=out)
     print(training_schedule(study), file=out)
+
+
+def budget_line(study: optuna.Study) -> str:
+    """The hardware budget the study searches under, and where it came from when it
+    was derived from a measurement (`--latency-fraction`, or no --latency-ms)."""
+    config = study.user_attrs.get(CONFIG_ATTR) or {}
+    budget = config.get("budget") or {}
+    if budget.get("latency_ms") is None:
+        return "budget: not recorded (study not made by nas search)"
+    line = f"budget: {budget['latency_ms']:g} ms per batch"
+    if config.get("measure_batch"):
+        line += f" of {config['measure_batch']}"
+    if config.get("device"):
+        line += f" on {config['device']}"
+    origin = study.user_attrs.get(BUDGET_ORIGIN_ATTR)
+    if origin:
+        line += (f" ({origin['latency_fraction']:g} x the {origin['reference']}'s measured "
+                 f"{origin['reference_latency_ms']:.3f} ms)")
+    mem = budget.get("memory_mb")
+    return line + (f"; memory {mem:g} MiB" if mem is not None else "; no memory limit")
 
 
 def training_schedule(study: optuna.Study) -> str:

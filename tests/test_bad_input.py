@@ -115,6 +115,38 @@ def test_zero_or_negative_budget(capsys, db, value):
     assert stored(db) == before
 
 
+def without_latency_ms(argv: list[str]) -> list[str]:
+    i = argv.index("--latency-ms")
+    return argv[:i] + argv[i + 2:]
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "abc", "nan"])
+def test_bad_latency_fraction(capsys, db, value):
+    before = stored(db)
+    fails_cleanly(capsys, without_latency_ms(search_args(db, "--latency-fraction", value, study="new")), "--latency-fraction")
+    assert stored(db) == before
+
+
+def test_latency_fraction_and_latency_ms_together(capsys, db):
+    before = stored(db)
+    fails_cleanly(capsys, search_args(db, "--latency-fraction", "0.5", study="new"), "--latency-ms and --latency-fraction")
+    assert stored(db) == before
+
+
+def test_impossible_latency_fraction(capsys, db):
+    before = stored(db)
+    fails_cleanly(capsys, without_latency_ms(search_args(db, "--latency-fraction", "1e-6", study="new")),
+                  "cannot be met", "raise --latency-fraction above")
+    assert stored(db) == before
+    assert [s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{db}")] == ["t"]
+
+
+def test_latency_fraction_on_a_study_made_with_latency_ms(capsys, db):
+    before = stored(db)
+    fails_cleanly(capsys, without_latency_ms(search_args(db, "--latency-fraction", "0.5")), "latency_fraction: stored None")
+    assert stored(db) == before
+
+
 @pytest.mark.parametrize("value", ["0", "-5", "1e3"])
 def test_bad_step_budget(capsys, db, value):
     before = stored(db)

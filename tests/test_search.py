@@ -144,6 +144,38 @@ def test_default_budget_is_the_vanilla_transformers_own_measured_latency(tmp_pat
     assert t0.constraints["latency_ms"] <= 0
 
 
+def test_latency_fraction_scales_the_vanilla_transformers_measured_latency(tmp_path):
+    # --latency-fraction F: budget = F x the vanilla transformer's latency, measured once when
+    # the study is made. The warm-start trial (that transformer) reads its latency from the
+    # same cached measurement, so the budget must be F times it (rounded up to a microsecond).
+    # F = 2 keeps the test independent of how the tiny space's architectures time.
+    cfg = tiny_config(tmp_path, latency_ms=None, latency_fraction=2.0, trials=1, pruner="none")
+    log = io.StringIO()
+    Search(cfg, log=log).run(progress=False)
+    study = optuna.load_study(study_name="t", storage=cfg.storage)
+    vanilla_ms = study.trials[0].user_attrs["latency_ms"]
+    budget = study.user_attrs["nas:config"]["budget"]["latency_ms"]
+    assert budget == math.ceil(2.0 * vanilla_ms * 1000) / 1000
+    assert study.trials[0].constraints["latency_ms"] == pytest.approx(vanilla_ms - budget)
+    assert f"= {budget:.3f} ms per batch" in log.getvalue()
+    out = io.StringIO()
+    show(study, out=out)
+    assert f"budget: {budget:g} ms per batch of 16 on cpu:1threads (2 x the vanilla transformer's measured {vanilla_ms:.3f} ms)" in out.getvalue()
+    # Resuming: without the flag, or with the same fraction, keeps the stored budget (no new
+    # measurement); another fraction is refused, and nothing is stored.
+    for again in (dict(latency_fraction=None), dict(latency_fraction=2.0)):
+        resumed = Search(tiny_config(tmp_path, latency_ms=None, trials=2, pruner="none", **again), log=io.StringIO())
+        assert resumed.budget.latency_ms == budget
+    with pytest.raises(SearchError, match=r"latency_fraction: stored 2.0 .* vs asked 0.5"):
+        Search(tiny_config(tmp_path, latency_ms=None, latency_fraction=0.5, trials=2), log=io.StringIO())
+    study = optuna.load_study(study_name="t", storage=cfg.storage)
+    assert len(study.trials) == 1 and study.user_attrs["nas:config"]["budget"]["latency_ms"] == budget
+    # A study made with --latency-ms has no fraction to match.
+    Search(tiny_config(tmp_path, name="ms", trials=1, pruner="none"), log=io.StringIO())
+    with pytest.raises(SearchError, match="latency_fraction: stored None"):
+        Search(tiny_config(tmp_path, name="ms", latency_ms=None, latency_fraction=1.0), log=io.StringIO())
+
+
 def test_retried_trial_keeps_its_constraint_without_a_warning(tmp_path):
     # A retry (RetryHeartbeatStaleTrialCallback) starts with the failed trial's
     # system attrs, constraints included; measuring the same architecture again
