@@ -73,8 +73,8 @@ def default_stages(steps: int) -> tuple[int, ...]:
     fitness). On MQAR, under the cosine schedule the loss at 25 of 400 steps ranked
     the eventual solvers high (README, "hurdle signal"); at a constant rate and
     half the vanilla transformer's latency, the small architectures that fit learn
-    the recall after step 133, and at step 50 only 2 of 15 solvers had a loss below
-    the mean (README, "the search")."""
+    the recall late, and at step 50 only 24 of 80 solvers had a loss below the
+    mean (53 of 80 at step 25, 57 at step 133; README, "the search")."""
     if steps < 3:
         return (steps,)
     return tuple(sorted({max(1, round(steps / 16)), max(1, round(steps / 8)), max(2, round(steps / 3)), steps}))
