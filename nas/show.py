@@ -64,7 +64,9 @@ def budget_line(study: optuna.Study) -> str:
     if config.get("device"):
         line += f" on {config['device']}"
     origin = study.user_attrs.get(BUDGET_ORIGIN_ATTR)
-    if origin:
+    if origin and origin["latency_fraction"] == 1:
+        line += f" (the {origin['reference']}'s measured latency)"
+    elif origin:
         line += (f" ({origin['latency_fraction']:g} x the {origin['reference']}'s measured "
                  f"{origin['reference_latency_ms']:.3f} ms)")
     mem = budget.get("memory_mb")

@@ -142,6 +142,9 @@ def test_default_budget_is_the_vanilla_transformers_own_measured_latency(tmp_pat
     assert t0.user_attrs["latency_ms"] <= search.budget.latency_ms < t0.user_attrs["latency_ms"] + 1e-3
     assert t0.constraints["latency_ms"] == pytest.approx(t0.user_attrs["latency_ms"] - search.budget.latency_ms)
     assert t0.constraints["latency_ms"] <= 0
+    out = io.StringIO()
+    show(study, out=out)
+    assert f"budget: {search.budget.latency_ms:g} ms per batch of 16 on cpu:1threads (the vanilla transformer's measured latency)" in out.getvalue()
 
 
 def test_latency_fraction_scales_the_vanilla_transformers_measured_latency(tmp_path):
