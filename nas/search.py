@@ -218,7 +218,8 @@ class Search:
         cfg = self.cfg
         if self._study_exists():
             study = optuna.load_study(study_name=cfg.study, storage=self.storage)
-            stored = study.user_attrs.get(CONFIG_ATTR)
+            attrs = study.user_attrs  # one storage read for all the stored settings below
+            stored = attrs.get(CONFIG_ATTR)
             if stored is None:
                 raise SearchError(f"study {cfg.study!r} in {redact(self.url)} was not made by nas (no {CONFIG_ATTR}); pick another --study name")
             budget = Budget(
@@ -229,16 +230,17 @@ class Search:
             if cfg.stages is None and cfg.steps == SearchConfig.steps:
                 wanted["stages"] = stored["stages"]  # not asked for: keep the study's
                 self.stages = tuple(stored["stages"])
-            diff = _describe_diff(stored, wanted)
-            origin = study.user_attrs.get(BUDGET_ORIGIN_ATTR) or {}
+            diffs = [_describe_diff(stored, wanted)]
+            origin = attrs.get(BUDGET_ORIGIN_ATTR) or {}
             if cfg.latency_fraction is not None and origin.get("latency_fraction") != cfg.latency_fraction:
                 # Re-measuring the reference would move the budget of a running study: refused.
-                diff = "; ".join(filter(None, [diff, f"latency_fraction: stored {origin.get('latency_fraction')} "
-                                                     f"(budget {stored['budget']['latency_ms']:g} ms) vs asked {cfg.latency_fraction}"]))
-            stored_train = study.user_attrs.get(TRAIN_ATTR) or {}
+                diffs.append(f"latency_fraction: stored {origin.get('latency_fraction')} "
+                             f"(budget {stored['budget']['latency_ms']:g} ms) vs asked {cfg.latency_fraction}")
+            stored_train = attrs.get(TRAIN_ATTR) or {}
             if any(stored_train.get(k) != v for k, v in cfg.train_options.items()):
-                diff = "; ".join(filter(None, [diff, f"train_options: stored {json.dumps(stored_train, sort_keys=True)} "
-                                                     f"vs asked {json.dumps(cfg.train_options, sort_keys=True)}"]))
+                diffs.append(f"train_options: stored {json.dumps(stored_train, sort_keys=True)} "
+                             f"vs asked {json.dumps(cfg.train_options, sort_keys=True)}")
+            diff = "; ".join(filter(None, diffs))
             if diff:
                 raise SearchError(f"study {cfg.study!r} exists with different settings ({diff}); run with the stored settings or use a new --study name")
             self.train_options = dict(stored_train)

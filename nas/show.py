@@ -54,7 +54,8 @@ def show(study: optuna.Study, *, top: int = 10, out: TextIO = sys.stdout) -> Non
 def budget_line(study: optuna.Study) -> str:
     """The hardware budget the study searches under, and where it came from when it
     was derived from a measurement (`--latency-fraction`, or no --latency-ms)."""
-    config = study.user_attrs.get(CONFIG_ATTR) or {}
+    attrs = study.user_attrs  # one storage read
+    config = attrs.get(CONFIG_ATTR) or {}
     budget = config.get("budget") or {}
     if budget.get("latency_ms") is None:
         return "budget: not recorded (study not made by nas search)"
@@ -63,7 +64,7 @@ def budget_line(study: optuna.Study) -> str:
         line += f" of {config['measure_batch']}"
     if config.get("device"):
         line += f" on {config['device']}"
-    origin = study.user_attrs.get(BUDGET_ORIGIN_ATTR)
+    origin = attrs.get(BUDGET_ORIGIN_ATTR)
     if origin and origin["latency_fraction"] == 1:
         line += f" (the {origin['reference']}'s measured latency)"
     elif origin:
