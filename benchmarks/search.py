@@ -87,9 +87,10 @@ METHODS = {
     # the default before minus the loss.
     "fitness-evolution+hurdles": dict(sampler="evolution", pruner="hurdles", selection_signal="fitness"),
     "fitness-evolution": dict(sampler="evolution", pruner="none", selection_signal="fitness"),
-    # One hurdle only, at a third of the steps (133 of 400), whatever --stages says: on MQAR
-    # the loss at steps 25 and 50 comes before the phase change and ranks candidates poorly.
-    # Its studies keep their own stages, so they compare with the others in one read-back.
+    # One hurdle only, at a third of the steps (133 of 400), whatever --stages says: nas
+    # search's default stages since 2026-12-01 (on MQAR the loss at steps 25 and 50 comes
+    # before the phase change and ranks candidates poorly). Its studies keep their own
+    # stages, so they compare in one read-back with runs given other --stages.
     "evolution+late-hurdles": dict(sampler="evolution", pruner="hurdles", stage_fractions=(1 / 3, 1)),
 }
 DEFAULT_METHODS = ["evolution+hurdles", "evolution", "tpe", "random"]
@@ -131,7 +132,7 @@ def main() -> None:
     ap.add_argument("--step-budget", type=int, default=None, help="training steps each run may spend (the default mode)")
     ap.add_argument("--trials", type=int, default=None, help="trials per run instead of a step budget")
     ap.add_argument("--steps", type=int, default=240, help="steps of a fully trained candidate")
-    ap.add_argument("--stages", default=None, help="hurdle stages, default steps/16, steps/8, steps/3, steps")
+    ap.add_argument("--stages", default=None, help="hurdle stages, default steps/3, steps (nas search's)")
     ap.add_argument("--latency-ms", type=float, default=None)
     ap.add_argument("--latency-fraction", type=float, default=None,
                     help="budget = this fraction of the vanilla transformer's latency, measured by the first run")

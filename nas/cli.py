@@ -122,7 +122,7 @@ def _add_search_args(p: argparse.ArgumentParser, *, worker: bool) -> None:
                         "made (0.5: twice as fast); instead of --latency-ms")
     p.add_argument("--memory-mb", type=_positive_float, help="peak inference memory budget in MiB (default: none)")
     p.add_argument("--steps", type=int, default=400, help="training steps of a candidate that clears every hurdle (default 400)")
-    p.add_argument("--stages", type=_stages, help="hurdle stages as step counts, e.g. 50,130,400 (default: steps/16, steps/8, steps/3, steps)")
+    p.add_argument("--stages", type=_stages, help="hurdle stages as step counts, e.g. 50,130,400 (default: steps/3, steps)")
     p.add_argument("--no-warm-start", action="store_true", help="do not seed the search with a vanilla transformer")
     p.add_argument("--lr", type=_positive_float, help="peak learning rate of every candidate's training (default: the trainer's, 3e-3)")
     p.add_argument("--min-lr-ratio", type=_unit_fraction,

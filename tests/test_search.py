@@ -123,6 +123,25 @@ def test_resume_continues_to_the_total_and_refuses_other_settings(tmp_path):
         Search(tiny_config(tmp_path, latency_ms=999.0), log=io.StringIO())
 
 
+def test_default_stages_are_a_third_of_the_steps_then_all_and_a_stored_study_keeps_its_own(tmp_path):
+    # No --stages: one hurdle at a third of the steps (12 steps: 4 then 12), stored with
+    # the study, and every trial reports there.
+    cfg = tiny_config(tmp_path, stages=None, steps=12, trials=3, pruner="none")
+    Search(cfg, log=io.StringIO()).run()
+    study = optuna.load_study(study_name="t", storage=cfg.storage)
+    assert study.user_attrs["nas:config"]["stages"] == [4, 12]
+    trained = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and t.intermediate_values]
+    assert trained and all(set(t.intermediate_values) == {4, 12} for t in trained)
+    # A study made under the earlier default (four stages at 400 steps) resumes with
+    # its stored stages when none are asked for: changing the default moves no study.
+    old = tiny_config(tmp_path, name="old", stages=(25, 50, 133, 400), steps=400)
+    Search(old, log=io.StringIO())
+    resumed = Search(tiny_config(tmp_path, name="old", stages=None), log=io.StringIO())
+    assert resumed.stages == (25, 50, 133, 400)
+    stored = optuna.load_study(study_name="old", storage=old.storage).user_attrs["nas:config"]["stages"]
+    assert stored == [25, 50, 133, 400]
+
+
 def test_impossible_budget_is_refused_before_anything_is_stored(tmp_path):
     cfg = tiny_config(tmp_path, latency_ms=1e-6)
     with pytest.raises(SearchError, match="cannot be met"):
