@@ -240,6 +240,10 @@ class ProgressiveHurdlePruner(optuna.pruners.BasePruner):
             raise ValueError(f"progressive must be True or False, got {progressive!r}")
         self._signal = signal
         self._progressive = progressive
+        # (study name, trial number, step) -> why prune() stopped that trial there, for
+        # stop_reason: the decision itself, without reading the study a second time (a
+        # second read could also see a hurdle another worker set meanwhile).
+        self._stopped: dict[tuple[str, int, int], str] = {}
 
     @property
     def stages(self) -> tuple[int, ...]:
@@ -328,12 +332,20 @@ class ProgressiveHurdlePruner(optuna.pruners.BasePruner):
     # ------------------------------------------------------------------ pruning
 
     def prune(self, study: optuna.study.Study, trial: FrozenTrial) -> bool:
-        return self._judge(study, trial) is not None
+        reason = self._judge(study, trial)
+        if reason is not None:
+            self._stopped[(study.study_name, trial.number, trial.last_step)] = reason
+        return reason is not None
 
     def stop_reason(self, study: optuna.study.Study, trial: FrozenTrial) -> str:
-        """Why `trial`, pruned at its latest report, stopped there, in words (the
-        decision `prune` took, read from the same storage)."""
-        return self._judge(study, trial) or f"not stopped by the hurdles at step {trial.last_step}"
+        """Why `trial`, pruned at its latest report, stopped there, in words."""
+        return self.stopped_because(study, trial.number, trial.last_step) or (
+            self._judge(study, trial) or f"not stopped by the hurdles at step {trial.last_step}")
+
+    def stopped_because(self, study: optuna.study.Study, number: int, step: int | None) -> str | None:
+        """The reason this pruner gave when it stopped trial `number` at `step` in
+        this process (None if it did not), forgotten once read."""
+        return None if step is None else self._stopped.pop((study.study_name, number, step), None)
 
     def _judge(self, study: optuna.study.Study, trial: FrozenTrial) -> str | None:
         """Why `trial` stops at its latest report, or None when it goes on (the

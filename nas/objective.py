@@ -126,7 +126,9 @@ def _stop_reason(trial: optuna.Trial, step: int) -> str:
     trial below its own bar."""
     pruner = trial.study.pruner
     if isinstance(pruner, ProgressiveHurdlePruner):
-        return pruner.stop_reason(trial.study, trial.study._storage.get_trial(trial._trial_id))
+        # The decision should_prune just took, kept by the pruner: no second read of the study.
+        return pruner.stopped_because(trial.study, trial.number, step) or pruner.stop_reason(
+            trial.study, trial.study._storage.get_trial(trial._trial_id))
     return f"below the hurdle at step {step}"
 
 

@@ -454,3 +454,26 @@ def test_progressive_opening_trains_an_enqueued_trial_through_unless_a_hurdle_st
     stops, hurdles = _stops(ProgressiveHurdlePruner(STAGES, min_trials=2, progressive=True), enqueued=(0, 2))
     assert stops == [90, 10, 10, 30, 30, 90, 30]
     assert hurdles == pytest.approx({10: 0.4, 30: 0.625})
+
+
+def test_stop_reason_is_the_decision_taken_without_reading_the_study_again(monkeypatch):
+    # Trial 1 reports at step 10 when only trial 0 has: no hurdle yet, so the
+    # progressive rule stops it. Then trial 2 reports there and sets the hurdle, with
+    # trial 1 among its three. The reason stored for trial 1 must still be the one it
+    # was stopped for, given without another read of the study's trials.
+    study = optuna.create_study(direction="maximize",
+                                pruner=ProgressiveHurdlePruner(STAGES, min_trials=3, progressive=True))
+    _add(study, {10: 0.9, 30: 0.9, 90: 0.9})
+    trial = study.ask()
+    trial.report(0.5, 10)
+    assert trial.should_prune()
+    _add(study, {10: 0.7}, state=TrialState.PRUNED, value=0.7)
+    frozen = study._storage.get_trial(trial._trial_id)
+    reads = []
+    real = study._storage.get_all_trials
+    monkeypatch.setattr(study._storage, "get_all_trials", lambda *a, **k: reads.append(1) or real(*a, **k))
+    assert study.pruner.stop_reason(study, frozen).startswith("no hurdle at step 10 yet")
+    assert reads == []
+    # Asked again, the decision is gone: the pruner judges anew, from storage as it is now.
+    assert study.pruner.stop_reason(study, frozen) == "one of the 3 trials defining the hurdle at step 10 (progressive hurdles)"
+    assert reads
