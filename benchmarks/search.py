@@ -92,6 +92,10 @@ METHODS = {
     # before the phase change and ranks candidates poorly). Its studies keep their own
     # stages, so they compare in one read-back with runs given other --stages.
     "evolution+late-hurdles": dict(sampler="evolution", pruner="hurdles", stage_fractions=(1 / 3, 1)),
+    # Evolution whose children re-draw each choice with probability 0.5 instead of 0.2:
+    # closer to random search, for a task where the solvers are rare and the fittest
+    # non-solvers do not point at them.
+    "evolution-explore": dict(sampler="evolution", pruner="none", mutation_prob=0.5),
 }
 DEFAULT_METHODS = ["evolution+hurdles", "evolution", "tpe", "random"]
 

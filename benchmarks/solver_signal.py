@@ -60,7 +60,8 @@ def main() -> None:
     ap.add_argument("--db", required=True, help="SQLite file with recorded studies")
     ap.add_argument("--stages", default="25,50,133,400", help="the stages the studies reported at")
     ap.add_argument("--solved", type=float, default=0.9, help="final fitness from which an architecture counts as a solver")
-    ap.add_argument("--depth-prefix", default="random", help="study-name prefix of the runs whose depth mix is printed")
+    ap.add_argument("--depth-prefix", nargs="+", default=["random"],
+                    help="study-name prefixes of the runs whose depth mix is printed (any of them)")
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = f"sqlite:///{Path(args.db).resolve()}"
@@ -86,12 +87,13 @@ def main() -> None:
         print(f"step {s}: mean loss {mean:.3f}; solvers below it: {below} of {len(solvers)}")
     shares = []
     for study in studies:
-        if study.study_name.startswith(args.depth_prefix):
+        if study.study_name.startswith(tuple(args.depth_prefix)):
             trained = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished() and t.intermediate_values]
             if trained:
                 shares.append(sum(t.params["depth"] == 1 for t in trained) / len(trained))
     if shares:
-        print(f"\none layer deep, share of the trained candidates of the {len(shares)} studies {args.depth_prefix}*: "
+        print(f"\none layer deep, share of the trained candidates of the {len(shares)} studies "
+              f"{', '.join(p + '*' for p in args.depth_prefix)}: "
               + ", ".join(f"{x:.0%}" for x in sorted(shares)))
 
 
