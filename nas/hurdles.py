@@ -240,10 +240,12 @@ class ProgressiveHurdlePruner(optuna.pruners.BasePruner):
             raise ValueError(f"progressive must be True or False, got {progressive!r}")
         self._signal = signal
         self._progressive = progressive
-        # (study name, trial number, step) -> why prune() stopped that trial there, for
+        # The latest stop prune() decided: ((study name, trial number, step), why), for
         # stop_reason: the decision itself, without reading the study a second time (a
-        # second read could also see a hurdle another worker set meanwhile).
-        self._stopped: dict[tuple[str, int, int], str] = {}
+        # second read could also see a hurdle another worker set meanwhile). One slot:
+        # the objective asks right after should_prune, and a caller that never asks
+        # (e.g. a replay of thousands of trials) keeps nothing.
+        self._last_stop: tuple[tuple[str, int, int], str] | None = None
 
     @property
     def stages(self) -> tuple[int, ...]:
@@ -334,7 +336,7 @@ class ProgressiveHurdlePruner(optuna.pruners.BasePruner):
     def prune(self, study: optuna.study.Study, trial: FrozenTrial) -> bool:
         reason = self._judge(study, trial)
         if reason is not None:
-            self._stopped[(study.study_name, trial.number, trial.last_step)] = reason
+            self._last_stop = ((study.study_name, trial.number, trial.last_step), reason)
         return reason is not None
 
     def stop_reason(self, study: optuna.study.Study, trial: FrozenTrial) -> str:
@@ -343,9 +345,13 @@ class ProgressiveHurdlePruner(optuna.pruners.BasePruner):
             self._judge(study, trial) or f"not stopped by the hurdles at step {trial.last_step}")
 
     def stopped_because(self, study: optuna.study.Study, number: int, step: int | None) -> str | None:
-        """The reason this pruner gave when it stopped trial `number` at `step` in
-        this process (None if it did not), forgotten once read."""
-        return None if step is None else self._stopped.pop((study.study_name, number, step), None)
+        """The reason this pruner gave when it last stopped a trial, if that was trial
+        `number` at `step` (None otherwise), forgotten once read."""
+        last = self._last_stop
+        if last is None or last[0] != (study.study_name, number, step):
+            return None
+        self._last_stop = None
+        return last[1]
 
     def _judge(self, study: optuna.study.Study, trial: FrozenTrial) -> str | None:
         """Why `trial` stops at its latest report, or None when it goes on (the
