@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import optuna  # noqa: E402
 
 from nas.evolution import PARENT_KEY  # noqa: E402
+from solver_signal import one_layer_share  # noqa: E402  (this script's folder is on sys.path)
 
 
 def main() -> None:
@@ -53,9 +54,8 @@ def main() -> None:
             children[change] += 1
             over[change] += max((t.constraints or {}).values(), default=0.0) > 0 and not t.intermediate_values
             trained[change] += bool(t.intermediate_values)
-        done = [t for t in trials if t.intermediate_values]
-        if done:
-            shares.append(f"{summary.study_name} {sum(t.params['depth'] == 1 for t in done) / len(done):.0%}")
+        if (share := one_layer_share(trials)) is not None:
+            shares.append(f"{summary.study_name} {share:.0%}")
     print("| child's depth against its parent's | children | over budget (not trained) | trained |")
     print("|---|---|---|---|")
     for change in ("deeper", "same depth", "shallower"):

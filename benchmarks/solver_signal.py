@@ -43,6 +43,13 @@ def unpruned_studies(url: str) -> list[optuna.Study]:
     return out
 
 
+def one_layer_share(trials: list[optuna.trial.FrozenTrial]) -> float | None:
+    """Share of the trained candidates among `trials` (finished, with a report) that
+    are one layer deep; None if none was trained."""
+    trained = [t for t in trials if t.state.is_finished() and t.intermediate_values]
+    return sum(t.params["depth"] == 1 for t in trained) / len(trained) if trained else None
+
+
 def curves(studies: list[optuna.Study], last: str) -> dict[str, Curve]:
     """One curve per distinct architecture trained through to stage `last`."""
     out: dict[str, Curve] = {}
@@ -87,10 +94,8 @@ def main() -> None:
         print(f"step {s}: mean loss {mean:.3f}; solvers below it: {below} of {len(solvers)}")
     shares = []
     for study in studies:
-        if study.study_name.startswith(tuple(args.depth_prefix)):
-            trained = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished() and t.intermediate_values]
-            if trained:
-                shares.append(sum(t.params["depth"] == 1 for t in trained) / len(trained))
+        if study.study_name.startswith(tuple(args.depth_prefix)) and (share := one_layer_share(study.get_trials(deepcopy=False))) is not None:
+            shares.append(share)
     if shares:
         print(f"\none layer deep, share of the trained candidates of the {len(shares)} studies "
               f"{', '.join(p + '*' for p in args.depth_prefix)}: "
