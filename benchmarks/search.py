@@ -96,6 +96,16 @@ METHODS = {
     # closer to random search, for a task where the solvers are rare and the fittest
     # non-solvers do not point at them.
     "evolution-explore": dict(sampler="evolution", pruner="none", mutation_prob=0.5),
+    # Evolution that tries its children as drawn, over the budget or not (--no-budget-check):
+    # nas search's evolution until 2026-12-02, so the studies named evolution+hurdles and
+    # evolution in files made before then ran this way.
+    "blind-evolution+hurdles": dict(sampler="evolution", pruner="hurdles", budget_aware=False),
+    "blind-evolution": dict(sampler="evolution", pruner="none", budget_aware=False),
+    # The default evolution (children measured within the budget before they are
+    # proposed) under names of their own, to run it in a file made before 2026-12-02,
+    # whose evolution+hurdles and evolution studies are blind ones.
+    "checked-evolution+hurdles": dict(sampler="evolution", pruner="hurdles", budget_aware=True),
+    "checked-evolution": dict(sampler="evolution", pruner="none", budget_aware=True),
 }
 DEFAULT_METHODS = ["evolution+hurdles", "evolution", "tpe", "random"]
 

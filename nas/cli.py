@@ -98,6 +98,9 @@ def _add_search_args(p: argparse.ArgumentParser, *, worker: bool) -> None:
     p.add_argument("--population", type=int, default=12, help="evolution population size P (default 12)")
     p.add_argument("--tournament", type=int, default=4, help="evolution tournament size S (default 4)")
     p.add_argument("--mutation-prob", type=float, default=0.2)
+    p.add_argument("--no-budget-check", action="store_true",
+                   help="evolution: try every child as drawn, instead of drawing again (up to 8 times) while its "
+                        "measured latency or memory is over the budget")
     p.add_argument("--hurdle-trials", type=int, default=DEFAULT_MIN_TRIALS,
                    help=f"trials whose mean sets each hurdle (default {DEFAULT_MIN_TRIALS})")
     p.add_argument("--hurdle-signal", default=DEFAULT_HURDLE_SIGNAL, choices=HURDLE_SIGNALS,
@@ -170,7 +173,7 @@ def _search_config(args: argparse.Namespace, argv: Sequence[str]):
         task_options=_task_options(args.task_option), latency_ms=args.latency_ms, latency_fraction=args.latency_fraction, memory_mb=args.memory_mb,
         trials=trials_limit(args), step_budget=args.step_budget, sampler=args.sampler, pruner=args.pruner, device=args.device, seed=args.seed,
         steps=args.steps, stages=args.stages, population=args.population, tournament=args.tournament,
-        mutation_prob=args.mutation_prob, hurdle_trials=args.hurdle_trials,
+        mutation_prob=args.mutation_prob, budget_aware=not args.no_budget_check, hurdle_trials=args.hurdle_trials,
         hurdle_signal=args.hurdle_signal, hurdle_rule=args.hurdle_rule,
         selection_signal=args.selection_signal, warm_start=not args.no_warm_start,
         command=command_line(list(argv)), measure_threads=args.measure_threads,

@@ -18,10 +18,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 import torch
+from optuna.distributions import BaseDistribution, CategoricalDistribution
 
 from evaluators.errors import TrialFailure
 from evaluators.hardware import measure_latency, measure_memory
@@ -184,6 +185,30 @@ class Objective:
     def sample(self, trial: optuna.Trial) -> ArchSpec:
         return self.space.sample(lambda name, choices: trial.suggest_categorical(name, list(choices)), self.task.shape)
 
+    def measure(self, spec: ArchSpec, *, memory: bool) -> Measurement:
+        """`measure` on this search's device, batch, threads and cache."""
+        return measure(spec, device=self.device, batch_size=self.measure_batch, tables=self.tables,
+                       threads=self.threads, seed=self.seed, memory=memory)
+
+    def within_budget(self, suggest: Callable[[str, BaseDistribution], Any]) -> bool:
+        """Whether the architecture whose choices `suggest(name, distribution)`
+        gives is valid and, measured, within the budget: the child check of
+        `nas.evolution.EvolutionSampler`, so evolution proposes candidates that
+        fit instead of recording them infeasible. The measurement goes into the
+        cache, so the trial that follows reads it from there; an architecture
+        the space cannot build is refused (the trial would fail)."""
+        try:
+            spec = self.space.sample(lambda name, choices: suggest(name, CategoricalDistribution(list(choices))),
+                                     self.task.shape)
+        except SpecError:
+            return False
+        m = self.measure(spec, memory=False)
+        if self.budget.latency_ms is not None and m.latency_ms > self.budget.latency_ms:
+            return False
+        if self.budget.memory_mb is not None:
+            return self.measure(spec, memory=True).memory_mb <= self.budget.memory_mb
+        return True
+
     def __call__(self, trial: optuna.Trial) -> float:
         try:
             spec = self.sample(trial)
@@ -199,16 +224,14 @@ class Objective:
             trial.set_user_attr("search", self.search_info)
 
         # 1. Cost, measured before any training: latency, then memory.
-        m = measure(spec, device=self.device, batch_size=self.measure_batch, tables=self.tables,
-                    threads=self.threads, seed=self.seed, memory=False)
+        m = self.measure(spec, memory=False)
         trial.set_user_attr("latency_ms", m.latency_ms)
         trial.set_user_attr("latency_cv", float(m.latency.get("cv", float("nan"))))
         trial.set_user_attr("measure_cached", m.cached)
         seconds = m.seconds
         if self.budget.latency_ms is not None and m.latency_ms > self.budget.latency_ms:
             self._stop_over_budget(trial, m, f"latency {m.latency_ms:.3g} ms > {self.budget.latency_ms:g} ms")
-        m = measure(spec, device=self.device, batch_size=self.measure_batch, tables=self.tables,
-                    threads=self.threads, seed=self.seed, memory=True)
+        m = self.measure(spec, memory=True)
         seconds += m.seconds
         trial.set_user_attr("memory_mb", m.memory_mb)
         trial.set_user_attr("train_memory_mb", float(m.memory["train_step_bytes"]) / MB)

@@ -104,6 +104,9 @@ class SearchConfig:
     population: int = 12
     tournament: int = 4
     mutation_prob: float = 0.2
+    # Evolution proposes only candidates measured within the budget (EvolutionSampler's
+    # child check, Objective.within_budget); False: every child is tried as drawn.
+    budget_aware: bool = True
     hurdle_trials: int = DEFAULT_MIN_TRIALS
     hurdle_signal: str = DEFAULT_HURDLE_SIGNAL  # what the hurdles compare: "loss" (minus the validation loss) or "fitness"
     hurdle_rule: str = DEFAULT_HURDLE_RULE  # "progressive": training past a stage waits for its hurdle (nas.hurdles); or "fixed"
@@ -353,13 +356,17 @@ class Search:
             train_options=self.train_options,
             search_info={"sampler": self.cfg.sampler, "pruner": self.cfg.pruner, "hurdle_trials": self.cfg.hurdle_trials,
                          "hurdle_signal": self.cfg.hurdle_signal, "hurdle_rule": self.cfg.hurdle_rule,
-                         "selection_signal": self.cfg.selection_signal},
+                         "selection_signal": self.cfg.selection_signal, "budget_aware": self.cfg.budget_aware},
         )
 
-    def load(self) -> optuna.Study:
+    def load(self, objective: Objective | None = None) -> optuna.Study:
+        """The study with this worker's sampler and pruner; given the `objective`
+        it will run, evolution checks its children against that objective's budget
+        (`budget_aware`)."""
         cfg = self.cfg
-        sampler = make_sampler(cfg.sampler, seed=cfg.seed, population=cfg.population,
-                               tournament=cfg.tournament, mutation_prob=cfg.mutation_prob, selection=cfg.selection_signal)
+        check = objective.within_budget if objective is not None and cfg.budget_aware else None
+        sampler = make_sampler(cfg.sampler, seed=cfg.seed, population=cfg.population, tournament=cfg.tournament,
+                               mutation_prob=cfg.mutation_prob, selection=cfg.selection_signal, child_check=check)
         pruner = make_pruner(cfg.pruner, stages=self.stages, min_trials=cfg.hurdle_trials, signal=cfg.hurdle_signal,
                              rule=cfg.hurdle_rule)
         return optuna.load_study(study_name=cfg.study, storage=self.storage, sampler=sampler, pruner=pruner)
@@ -380,8 +387,8 @@ class Search:
         is how search strategies are compared at equal compute: hurdles spend
         fewer steps per trial, hence run more trials within the same budget
         (So et al. 2019, "The Evolved Transformer", section 3)."""
-        study = self.load()
         inner = self.objective()
+        study = self.load(inner)
         worker = f"{socket.gethostname()}:{os.getpid()}"
 
         def objective(trial: optuna.Trial) -> float:

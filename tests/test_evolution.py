@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime
 import shutil
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 import pytest
@@ -19,7 +19,7 @@ from optuna.testing.pytest_samplers import (
 )
 from optuna.trial import TrialState
 
-from nas.evolution import MUTATED_KEY, PARENT_KEY, EvolutionSampler
+from nas.evolution import ATTEMPT_KEY, MUTATED_KEY, PARENT_KEY, REFUSED_KEY, EvolutionSampler
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -101,19 +101,19 @@ def dist_of(name: str, choices: dict[str, list[Any]] = CHOICES) -> CategoricalDi
     return CategoricalDistribution(choices[name.split(".")[-1]])
 
 
-def toy_space(trial: optuna.Trial) -> dict[str, Any]:
+def walk(choose: Callable[[str], Any]) -> dict[str, Any]:
     """d_model, depth, then per layer below depth: attention, heads, ffn_mult and the
     knobs of the chosen kind only (the walk of SearchSpace.sample)."""
-    choose = lambda name: trial.suggest_categorical(name, CHOICES[name.split(".")[-1]])  # noqa: E731
-    choose("d_model")
-    depth = choose("depth")
-    for i in range(depth):
-        kind = choose(f"layer{i}.attention")
-        choose(f"layer{i}.heads")
-        choose(f"layer{i}.ffn_mult")
-        for knob in KIND_KNOBS[kind]:
-            choose(f"layer{i}.{knob}")
-    return trial.params
+    params = {name: choose(name) for name in ("d_model", "depth")}
+    for i in range(params["depth"]):
+        kind = params[f"layer{i}.attention"] = choose(f"layer{i}.attention")
+        for key in ("heads", "ffn_mult", *KIND_KNOBS[kind]):
+            params[f"layer{i}.{key}"] = choose(f"layer{i}.{key}")
+    return params
+
+
+def toy_space(trial: optuna.Trial) -> dict[str, Any]:
+    return walk(lambda name: trial.suggest_categorical(name, CHOICES[name.split(".")[-1]]))
 
 
 def toy_objective(trial: optuna.Trial) -> float:
@@ -477,7 +477,7 @@ def test_running_trial_decision_is_read_back_from_storage(tmp_path) -> None:
     parent = study2.trials[plan[0]]
     if "d_model" not in plan[1]:
         assert other.sample_independent(study2, frozen, "d_model", dist_of("d_model")) == parent.params["d_model"]
-    assert other._plan(study2, frozen) == (plan[0], frozenset(plan[1]))
+    assert other._plan(study2, frozen) == (plan[0], frozenset(plan[1]), attrs[ATTEMPT_KEY])
 
 
 # ---- warm start ------------------------------------------------------------------------
@@ -546,3 +546,113 @@ def test_a_repeat_is_accepted_when_every_child_repeats():
         study.enqueue_trial(params)
     study.optimize(_two_bits, n_trials=4)
     assert study.trials[3].params in ({"x": 0, "y": 0}, {"x": 1, "y": 1})
+
+
+# ---- the child check ------------------------------------------------------------------
+class DepthCheck:
+    """A child check that walks the toy space with the sampler's suggest function and
+    refuses more than `max_depth` layers (a stand-in for "over the latency budget"),
+    keeping every candidate it was shown."""
+
+    def __init__(self, max_depth: int = 2) -> None:
+        self.max_depth = max_depth
+        self.shown: list[dict[str, Any]] = []
+
+    def __call__(self, suggest) -> bool:
+        params = walk(lambda name: suggest(name, dist_of(name)))
+        self.shown.append(params)
+        return params["depth"] <= self.max_depth
+
+
+def test_child_check_sees_exactly_the_candidate_the_trial_then_draws() -> None:
+    # The check's dry run and the trial must agree on every parameter, the new layers
+    # and knobs of a child whose depth or attention kind changed included; otherwise
+    # a check could pass a candidate the trial does not become.
+    check = DepthCheck(max_depth=2)
+    sampler = EvolutionSampler(population_size=5, tournament_size=2, mutation_prob=0.5, seed=4, child_check=check)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    last_shown = []
+    study.optimize(toy_objective, n_trials=40, callbacks=[lambda s, t: last_shown.append(check.shown[-1])])
+    structure_changed = refused = 0
+    for t, shown in zip(study.trials, last_shown):
+        assert t.params == shown  # the last candidate the check saw is the trial
+        attrs = t.system_attrs
+        if len(attrs[REFUSED_KEY]) < 8:  # the check passed one: within the limit
+            assert t.params["depth"] <= 2
+        assert attrs[ATTEMPT_KEY] == min(len(attrs[REFUSED_KEY]), 7)
+        refused += attrs[REFUSED_KEY].count("check")
+        parent = attrs[PARENT_KEY]
+        if parent is not None:
+            structure_changed += set(t.params) != set(study.trials[parent].params)
+    assert refused > 0 and structure_changed > 0  # both cases were exercised
+    # Without the check, the same seed proposes deeper candidates (the check changed something).
+    blind = optuna.create_study(direction="maximize",
+                                sampler=EvolutionSampler(population_size=5, tournament_size=2, mutation_prob=0.5, seed=4))
+    blind.optimize(toy_objective, n_trials=40)
+    assert any(t.params["depth"] > 2 for t in blind.trials)
+
+
+def test_child_check_also_screens_the_random_candidates_that_fill_the_population() -> None:
+    check = DepthCheck(max_depth=1)  # a quarter of random draws pass
+    sampler = EvolutionSampler(population_size=10, tournament_size=2, seed=0, child_check=check)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.optimize(toy_objective, n_trials=10)
+    for t in study.trials:
+        assert t.system_attrs[PARENT_KEY] is None
+        if len(t.system_attrs[REFUSED_KEY]) < 8:
+            assert t.params["depth"] == 1
+    assert sum(t.params["depth"] == 1 for t in study.trials) >= 8  # 1 - 0.75**8 = 90% each
+
+
+def test_candidate_refused_every_time_is_still_tried_and_says_so() -> None:
+    calls = []
+    sampler = EvolutionSampler(population_size=2, tournament_size=1, seed=0,
+                               child_check=lambda suggest: calls.append(1) and False)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.optimize(toy_objective, n_trials=4)
+    assert len(calls) == 4 * 8
+    for t in study.trials:
+        assert t.state == TrialState.COMPLETE
+        assert t.system_attrs[ATTEMPT_KEY] == 7
+        assert set(t.system_attrs[REFUSED_KEY]) <= {"check", "repeat"} and len(t.system_attrs[REFUSED_KEY]) == 8
+
+
+def test_enqueued_trial_is_not_checked() -> None:
+    calls = []
+    sampler = EvolutionSampler(population_size=2, tournament_size=1, seed=0,
+                               child_check=lambda suggest: calls.append(1) and False)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    vanilla = arch_params(depth=4)
+    study.enqueue_trial(vanilla)
+    study.optimize(toy_objective, n_trials=1)
+    assert study.trials[0].params == vanilla and calls == []
+    assert study.trials[0].system_attrs[REFUSED_KEY] == []
+
+
+def test_a_decided_plan_is_read_back_without_checking_again(tmp_path) -> None:
+    # The plan (parent, marks, attempt) is stored when the trial starts; a process that
+    # asks about that trial later (a retry, another worker) reads it and draws the same
+    # parameters without calling its own check, which might measure differently.
+    storage = f"sqlite:///{tmp_path / 'd.db'}"
+    check = DepthCheck(max_depth=1)
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize",
+                                sampler=EvolutionSampler(population_size=3, tournament_size=2, seed=5, child_check=check))
+    study.optimize(toy_objective, n_trials=6)
+    trial = study.ask()
+    attrs = study._storage.get_trial_system_attrs(trial._trial_id)
+    assert attrs[PARENT_KEY] is not None
+    planned = check.shown[-1]
+
+    def must_not_run(suggest):
+        raise AssertionError("the check ran again for a trial whose plan is stored")
+
+    other = EvolutionSampler(population_size=3, tournament_size=2, seed=5, child_check=must_not_run)
+    study2 = optuna.load_study(study_name="s", storage=storage, sampler=other)
+    frozen = study2._storage.get_trial(trial._trial_id)
+    again = walk(lambda name: other.sample_independent(study2, frozen, name, dist_of(name)))
+    assert again == planned
+
+
+def test_child_check_must_be_callable() -> None:
+    with pytest.raises(ValueError, match="child_check"):
+        EvolutionSampler(child_check=3)  # type: ignore[arg-type]

@@ -599,3 +599,83 @@ def test_new_studies_train_at_a_constant_rate_after_warm_up_and_older_ones_keep_
     out = io.StringIO()
     show(study, out=out)
     assert "peak learning rate 0.01, a warm-up, then a constant rate" in out.getvalue()
+
+
+SHALLOW_OR_DEEP_SPACE = """
+name = "shallow-or-deep"
+description = "one layer or six: a latency budget between them refuses every six-layer candidate"
+[model]
+d_model = [16]
+depth = [1, 6]
+[layer]
+attention = ["full", "local", "linear"]
+heads = [1, 2]
+ffn_mult = [2, 4]
+[knobs]
+window = [4, 8]
+"""
+
+
+def test_evolution_proposes_only_children_measured_within_the_budget(tmp_path):
+    # A budget between one-layer and six-layer candidates (the geometric mean of the
+    # largest of each): the default evolution measures each candidate before proposing
+    # it and draws again while it is over; with --no-budget-check it tries what it
+    # draws, and records those over the budget infeasible.
+    task = get_task("mqar", **TINY_TASK)
+    space_file = tmp_path / "sd.toml"
+    space_file.write_text(SHALLOW_OR_DEEP_SPACE)
+    space = load_space(str(space_file)).for_task(task.shape)
+    from nas.objective import measure
+
+    def latency(depth: int) -> float:
+        spec = space.sample(lambda name, choices: depth if name == "depth" else max(choices), task.shape)
+        return measure(spec, device=resolve_device("cpu"), batch_size=task.batch_size, tables=None, threads=1,
+                       memory=False).latency_ms
+
+    budget = math.sqrt(latency(1) * latency(6))
+    runs = {}
+    for name, aware in (("checked", True), ("blind", False)):
+        cfg = tiny_config(tmp_path, name=name, space=str(space_file), latency_ms=budget, trials=10, pruner="none",
+                          stages=(2,), steps=2, warm_start=False, budget_aware=aware, measure_threads=1)
+        Search(cfg, log=io.StringIO()).run(progress=False)
+        runs[name] = optuna.load_study(study_name=name, storage=cfg.storage).trials
+    checked = [t for t in runs["checked"] if len(t.system_attrs["evolution:refused"]) < 8]
+    assert len(checked) >= 7  # a candidate passed within 8 draws (the rest: every draw over or a repeat)
+    for t in checked:
+        assert t.user_attrs["latency_ms"] <= budget and t.constraints["latency_ms"] <= 0
+        assert t.user_attrs["measure_cached"] is True  # the check's measurement, read from the cache
+        assert t.user_attrs["search"]["budget_aware"] is True
+    assert any("check" in t.system_attrs["evolution:refused"] for t in runs["checked"])
+    blind = runs["blind"]
+    assert all(t.system_attrs["evolution:refused"] == [] for t in blind)
+    assert sum(t.constraints["latency_ms"] > 0 for t in blind) >= 2
+
+
+def test_budget_check_measures_once_into_the_cache_and_refuses_what_is_over_or_invalid(tmp_path):
+    task = get_task("mqar", **TINY_TASK)
+    space = load_space("tiny").for_task(task.shape)
+    url = default_url("w", tmp_path)
+    optuna.create_study(study_name="w", storage=url)  # the schema the tables sit beside
+    tables = Tables(url)
+    params = {"d_model": 16, "depth": 1, "layer0.attention": "local", "layer0.heads": 2, "layer0.ffn_mult": 2,
+              "layer0.window": 4}
+    asked = []
+
+    def suggest(name, dist):
+        asked.append((name, tuple(dist.choices)))
+        return params[name]
+
+    def objective(budget: Budget) -> Objective:
+        return Objective(study_name="w", task=task, space=space, budget=budget, device=resolve_device("cpu"),
+                         stages=(4,), tables=tables, checkpoint_dir=None, threads=1)
+
+    assert objective(Budget(latency_ms=1e6)).within_budget(suggest) is True
+    assert tables.count_measurements() == 1
+    # The distributions the check is shown are those the trial will suggest.
+    assert ("layer0.window", (4, 8)) in asked and ("depth", (1, 2)) in asked
+    assert objective(Budget(latency_ms=1e-6)).within_budget(suggest) is False
+    assert objective(Budget(latency_ms=1e6, memory_mb=1e-6)).within_budget(suggest) is False
+    assert objective(Budget(latency_ms=1e6, memory_mb=1e6)).within_budget(suggest) is True
+    assert tables.count_measurements() == 1  # one architecture, measured once
+    params["layer0.heads"] = 3  # 16 is not divisible by 3 heads: the space cannot build it
+    assert objective(Budget(latency_ms=1e6)).within_budget(suggest) is False
