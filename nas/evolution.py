@@ -64,11 +64,14 @@ The rule, for a single-objective study (``study.direction`` respected):
    A refused child gets new marks and new values, like a repeat, within the same
    8 attempts; a random candidate (population not yet full) is drawn again, up to
    8 times. When every attempt is refused the last one is the trial (the
-   objective then records it as it would without the check). The check is what
-   keeps evolution's population inside a tight budget: without it, children that
-   add a layer to a feasible parent mostly come out over the budget (90% in a
-   measured run at half the vanilla latency, README), take population slots and
-   teach nothing, so the population stays one layer deep.
+   objective then records it as it would without the check). This is how the
+   evolutionary search of Once-for-All (Cai, Gan, Wang, Zhang and Han, ICLR 2020,
+   arXiv:1908.09791) meets a latency constraint: mutate, and mutate again while
+   the child's latency is over it (there without a bound, here 8 attempts, since
+   each is a measurement). Without a check, at a tight budget many children come
+   out over it (90% of those that added a layer to a feasible parent, in a
+   measured run at half the vanilla latency, README): they cost no training but
+   take population slots and teach nothing.
 
 The decisions are stored in the child's system attrs, so they survive in
 storage and the lineage is visible in any Optuna tool:

@@ -49,7 +49,8 @@ def config_from_study(study: optuna.Study, args: argparse.Namespace) -> SearchCo
         memory_mb=stored["budget"]["memory_mb"], trials=trials_limit(args), step_budget=args.step_budget, sampler=args.sampler, pruner=args.pruner,
         device=args.device, seed=args.seed, stages=tuple(stored["stages"]), population=args.population,
         tournament=args.tournament, mutation_prob=args.mutation_prob, hurdle_trials=args.hurdle_trials,
-        hurdle_signal=args.hurdle_signal, selection_signal=args.selection_signal, warm_start=False, measure_threads=threads,
+        hurdle_signal=args.hurdle_signal, hurdle_rule=args.hurdle_rule, selection_signal=args.selection_signal,
+        budget_aware=not args.no_budget_check, warm_start=False, measure_threads=threads,
     )
 
 
@@ -72,7 +73,9 @@ def _worker_argv(cfg: SearchConfig, quiet: bool) -> list[str]:
             "--device", cfg.device, "--seed", str(cfg.seed), "--population", str(cfg.population),
             "--tournament", str(cfg.tournament), "--mutation-prob", str(cfg.mutation_prob),
             "--hurdle-trials", str(cfg.hurdle_trials), "--hurdle-signal", cfg.hurdle_signal,
-            "--selection-signal", cfg.selection_signal]
+            "--hurdle-rule", cfg.hurdle_rule, "--selection-signal", cfg.selection_signal]
+    if not cfg.budget_aware:
+        argv.append("--no-budget-check")
     if cfg.trials is not None:
         argv += ["--trials", str(cfg.trials)]
     if cfg.step_budget is not None:

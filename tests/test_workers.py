@@ -4,6 +4,7 @@ whole process group followed by a resume."""
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import sqlite3
@@ -262,3 +263,28 @@ def test_workers_get_the_search_limits(trials, step_budget):
     cfg = SearchConfig(study="s", trials=trials, step_budget=step_budget)
     args = build_parser().parse_args(_worker_argv(cfg, quiet=True)[3:])
     assert (trials_limit(args), args.step_budget) == (trials, step_budget)
+
+
+@pytest.mark.parametrize("over", [
+    dict(sampler="tpe", pruner="median", seed=3, population=5, tournament=2, mutation_prob=0.4, hurdle_trials=3,
+         hurdle_signal="fitness", hurdle_rule="fixed", selection_signal="fitness", budget_aware=False),
+    dict(),  # the defaults
+])
+def test_workers_run_with_every_search_setting_of_the_command(tmp_path, over):
+    """What `nas search --workers K ...` asks of the search reaches each worker: the
+    worker's command line, parsed, and the study's stored settings give back every
+    per-worker setting of the original command (a worker once fell back to the
+    default --hurdle-rule)."""
+    from nas.cli import build_parser
+    from nas.search import Search, SearchConfig
+    from nas.workers import _worker_argv, config_from_study
+
+    cfg = SearchConfig(study="w", storage=f"sqlite:///{tmp_path / 'w.db'}", space="tiny", latency_ms=1000.0,
+                       trials=4, **over)
+    Search(cfg, log=io.StringIO())
+    args = build_parser().parse_args(_worker_argv(cfg, quiet=True)[3:])
+    args.storage = cfg.storage
+    got = config_from_study(optuna.load_study(study_name="w", storage=cfg.storage), args)
+    for name in ("sampler", "pruner", "seed", "population", "tournament", "mutation_prob", "hurdle_trials",
+                 "hurdle_signal", "hurdle_rule", "selection_signal", "budget_aware", "trials"):
+        assert getattr(got, name) == getattr(cfg, name), name
