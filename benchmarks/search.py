@@ -23,6 +23,8 @@ without them too, e.g. tpe+hurdles against tpe):
     mean final best, and reached random's mean final best;
   - how far those two can be trusted: a paired bootstrap over the seeds, with the
     share of draws meeting each target (>= 2.5x; <= half of random's steps).
+It also prints each method's best within its first N trials, which is what a user
+running `nas search --trials N` gets, with how many of its trials were over budget.
 With a step budget, hurdles spend fewer steps per trial and so run more trials:
 the comparison the Evolved Transformer made (So et al. 2019, section 3).
 
@@ -101,11 +103,16 @@ METHODS = {
     # evolution in files made before then ran this way.
     "blind-evolution+hurdles": dict(sampler="evolution", pruner="hurdles", budget_aware=False),
     "blind-evolution": dict(sampler="evolution", pruner="none", budget_aware=False),
-    # The default evolution (children measured within the budget before they are
-    # proposed) under names of their own, to run it in a file made before 2026-12-02,
-    # whose evolution+hurdles and evolution studies are blind ones.
-    "checked-evolution+hurdles": dict(sampler="evolution", pruner="hurdles", budget_aware=True),
-    "checked-evolution": dict(sampler="evolution", pruner="none", budget_aware=True),
+    # Children measured within the budget before they are proposed, a refused child
+    # followed by fresh marks (--on-refusal fresh).
+    "checked-evolution+hurdles": dict(sampler="evolution", pruner="hurdles", on_refusal="fresh"),
+    "checked-evolution": dict(sampler="evolution", pruner="none", on_refusal="fresh"),
+    # The same, a refused child followed by its own marks plus one more (--on-refusal
+    # extend): a child that added a layer keeps it and may cheapen another choice to fit.
+    # nas search's default since 2026-12-02, under names of its own for files made
+    # before, whose evolution+hurdles and evolution studies are blind ones.
+    "extend-evolution+hurdles": dict(sampler="evolution", pruner="hurdles", on_refusal="extend"),
+    "extend-evolution": dict(sampler="evolution", pruner="none", on_refusal="extend"),
 }
 DEFAULT_METHODS = ["evolution+hurdles", "evolution", "tpe", "random"]
 
@@ -161,6 +168,7 @@ def main() -> None:
     stages = tuple(int(s) for s in args.stages.split(",")) if args.stages else None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     results: dict[str, list[list[tuple[int, float | None]]]] = {m: [] for m in args.methods}
+    over_budget: dict[str, list[int]] = {m: [] for m in args.methods}  # trials measured over the budget, per run
     signals: dict[tuple[str, str], list[list[StageSignal]]] = {}
     budget = args.latency_ms
     if args.latency_fraction is not None and budget is not None:
@@ -184,6 +192,8 @@ def main() -> None:
             study = search.run(progress=False)
             traj = trajectory(study)
             results[method].append(traj)
+            over_budget[method].append(sum(str(t.user_attrs.get("stopped", "")).startswith("over budget")
+                                           for t in study.get_trials(deepcopy=False)))
             for signal in HURDLE_SIGNALS:
                 signals.setdefault((method, signal), []).append(
                     stage_signals(study, search.stages, cfg.hurdle_trials, signal))
@@ -215,6 +225,7 @@ def main() -> None:
             vals = [v for v in (best_within(r, g) for r in runs) if v is not None]
             cells.append(f"{statistics.mean(vals):.4f} [{len(vals)}]" if vals else "-")
         print(f"| {method} | " + " | ".join(cells) + " |")
+    print_equal_trials(results, over_budget)
     # Each method with hurdles against the same sampler without them, and against random.
     for hurdled, plain in hurdle_pairs(list(results)):
         print(f"\n{hurdled} against {plain}:")
@@ -226,6 +237,23 @@ def main() -> None:
         print(mean_curve_cuts(results[hurdled], results[plain], results.get("random"), hurdled, plain))
         print(bootstrap_mean_curves(results[hurdled], results[plain], results.get("random"), hurdled, plain))
     print_stage_signals({k: v for k, v in signals.items() if METHODS[k[0]]["pruner"] == "none"})
+
+
+def print_equal_trials(results: dict[str, list[Traj]], over_budget: dict[str, list[int]]) -> None:
+    """The same runs read at equal trial counts, which is what `nas search --trials N`
+    gives a user: best feasible fitness among each run's first N finished trials
+    (mean over seeds; a seed without a trained feasible trial by then counts 0; a run
+    that ended with fewer than N trials counts with all of them, and the brackets say
+    how many runs had N). Over-budget trials count as trials here, as they do for
+    --trials, though they cost no training steps."""
+    grid = (10, 20, 30, 40, 60)
+    print("\nbest feasible fitness within the first N trials (mean over seeds, [runs with N trials])\n")
+    print("| method | trials over the budget (mean) | " + " | ".join(f"N={n}" for n in grid) + " |")
+    print("|---|---|" + "---|" * len(grid))
+    for method, runs in results.items():
+        cells = [f"{statistics.mean((r[min(n, len(r)) - 1][1] or 0.0) for r in runs):.4f} "
+                 f"[{sum(len(r) >= n for r in runs)}]" for n in grid]
+        print(f"| {method} | {statistics.mean(over_budget[method]):.1f} | " + " | ".join(cells) + " |")
 
 
 def print_stage_signals(signals: dict[tuple[str, str], list[list[StageSignal]]]) -> None:

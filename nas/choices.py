@@ -16,13 +16,14 @@ PRUNERS = ("hurdles", "median", "hyperband", "none")
 
 def make_sampler(name: str, *, seed: int | None, population: int = 20, tournament: int = 5,
                  mutation_prob: float = 0.2, selection: str = DEFAULT_SELECTION_SIGNAL,
-                 child_check: Callable[[Callable[[str, Any], Any]], bool] | None = None) -> optuna.samplers.BaseSampler:
+                 child_check: Callable[[Callable[[str, Any], Any]], bool] | None = None,
+                 on_refusal: str = "fresh") -> optuna.samplers.BaseSampler:
     """Our evolution or one of Optuna's own samplers. All read the trials'
     constraints (`trial.set_constraint`) where they support constraints.
     `selection` (what evolution's tournament compares: "fitness" or "loss",
-    minus the validation loss at the trial's last stage) and `child_check` (a test
-    each proposed candidate must pass, e.g. `Objective.within_budget`) apply to
-    "evolution" only."""
+    minus the validation loss at the trial's last stage), `child_check` (a test
+    each proposed candidate must pass, e.g. `Objective.within_budget`) and
+    `on_refusal` (see `EvolutionSampler`) apply to "evolution" only."""
     if selection not in HURDLE_SIGNALS:
         raise ValueError(f"unknown selection signal {selection!r}; choose one of {', '.join(HURDLE_SIGNALS)}")
     if name == "evolution":
@@ -30,7 +31,8 @@ def make_sampler(name: str, *, seed: int | None, population: int = 20, tournamen
 
         return EvolutionSampler(population_size=population, tournament_size=tournament,
                                 mutation_prob=mutation_prob, seed=seed,
-                                score=minus_last_loss if selection == "loss" else None, child_check=child_check)
+                                score=minus_last_loss if selection == "loss" else None, child_check=child_check,
+                                on_refusal=on_refusal)
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, population))
     if name == "nsga2":

@@ -13,6 +13,7 @@ import sys
 from typing import Sequence
 
 from nas.choices import PRUNERS, SAMPLERS
+from nas.evolution import ON_REFUSAL
 from nas.hurdles import (DEFAULT_HURDLE_RULE, DEFAULT_HURDLE_SIGNAL, DEFAULT_MIN_TRIALS, DEFAULT_SELECTION_SIGNAL,
                          HURDLE_RULES, HURDLE_SIGNALS)
 
@@ -101,6 +102,9 @@ def _add_search_args(p: argparse.ArgumentParser, *, worker: bool) -> None:
     p.add_argument("--no-budget-check", action="store_true",
                    help="evolution: try every child as drawn, instead of drawing again (up to 8 times) while its "
                         "measured latency or memory is over the budget")
+    p.add_argument("--on-refusal", default="extend", choices=ON_REFUSAL,
+                   help="evolution, after a child over the budget: extend its re-drawn choices by one (default; a "
+                        "child that added a layer keeps it and may get cheaper elsewhere) or draw fresh ones")
     p.add_argument("--hurdle-trials", type=int, default=DEFAULT_MIN_TRIALS,
                    help=f"trials whose mean sets each hurdle (default {DEFAULT_MIN_TRIALS})")
     p.add_argument("--hurdle-signal", default=DEFAULT_HURDLE_SIGNAL, choices=HURDLE_SIGNALS,
@@ -173,7 +177,8 @@ def _search_config(args: argparse.Namespace, argv: Sequence[str]):
         task_options=_task_options(args.task_option), latency_ms=args.latency_ms, latency_fraction=args.latency_fraction, memory_mb=args.memory_mb,
         trials=trials_limit(args), step_budget=args.step_budget, sampler=args.sampler, pruner=args.pruner, device=args.device, seed=args.seed,
         steps=args.steps, stages=args.stages, population=args.population, tournament=args.tournament,
-        mutation_prob=args.mutation_prob, budget_aware=not args.no_budget_check, hurdle_trials=args.hurdle_trials,
+        mutation_prob=args.mutation_prob, budget_aware=not args.no_budget_check, on_refusal=args.on_refusal,
+        hurdle_trials=args.hurdle_trials,
         hurdle_signal=args.hurdle_signal, hurdle_rule=args.hurdle_rule,
         selection_signal=args.selection_signal, warm_start=not args.no_warm_start,
         command=command_line(list(argv)), measure_threads=args.measure_threads,

@@ -62,7 +62,10 @@ The rule, for a single-objective study (``study.direction`` respected):
    dry run and the trial agree, new layers and knobs included); the check walks
    the objective's parameters with it and returns False to refuse the candidate.
    A refused child gets new marks and new values, like a repeat, within the same
-   8 attempts; a random candidate (population not yet full) is drawn again, up to
+   8 attempts (with ``on_refusal="extend"``: its own marks plus one more, chosen
+   uniformly among the parent's other changeable parameters, all re-drawn; so a
+   child that added a layer and came out over the budget keeps the new layer and
+   may cheapen another choice to fit); a random candidate (population not yet full) is drawn again, up to
    8 times. When every attempt is refused the last one is the trial (the
    objective then records it as it would without the check). This is how the
    evolutionary search of Once-for-All (Cai, Gan, Wang, Zhang and Han, ICLR 2020,
@@ -129,6 +132,7 @@ ChildCheck = Callable[[Suggest], bool]
 
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 _MAX_REDRAWS = 32
+ON_REFUSAL = ("fresh", "extend")
 _ATTEMPTS = 8  # candidates tried before a repeat, or one the check refuses, is accepted
 _CACHE_SIZE = 64  # plans of trials in flight (one per thread or so)
 
@@ -152,6 +156,9 @@ class EvolutionSampler(BaseSampler):
             a trial without one. ``None`` (the default) compares the value.
         child_check: a test every proposed candidate must pass (rule 5 of the
             module docstring); ``None`` (the default) tests nothing.
+        on_refusal: what the next attempt after a child the check refused marks:
+            ``"fresh"`` new marks, as for a repeat; ``"extend"`` the refused
+            child's marks and one more (rule 5).
     """
 
     def __init__(
@@ -163,6 +170,7 @@ class EvolutionSampler(BaseSampler):
         constraints_aware: bool = True,
         score: Callable[[FrozenTrial], float | None] | None = None,
         child_check: ChildCheck | None = None,
+        on_refusal: str = "fresh",
     ) -> None:
         if not _is_int(population_size) or population_size < 1:
             raise ValueError(f"population_size must be an integer >= 1, got {population_size!r}")
@@ -183,6 +191,8 @@ class EvolutionSampler(BaseSampler):
             raise ValueError(f"constraints_aware must be True or False, got {constraints_aware!r}")
         if score is not None and not callable(score):
             raise ValueError(f"score must be a function of a FrozenTrial or None, got {score!r}")
+        if on_refusal not in ON_REFUSAL:
+            raise ValueError(f"on_refusal must be one of {', '.join(ON_REFUSAL)}, got {on_refusal!r}")
         if child_check is not None and not callable(child_check):
             raise ValueError(f"child_check must be a function of a suggest function or None, got {child_check!r}")
         self._population_size = int(population_size)
@@ -193,6 +203,7 @@ class EvolutionSampler(BaseSampler):
         self._constraints_aware = constraints_aware
         self._score = score
         self._child_check = child_check
+        self._on_refusal = on_refusal
         self._cache: dict[tuple[int, int], tuple[Any, _Plan]] = {}
         self._cache_lock = threading.Lock()
 
@@ -277,7 +288,12 @@ class EvolutionSampler(BaseSampler):
             parent = max(contestants, key=lambda t: self.fitness(study, t))
             seen = [t.params for t in study.get_trials(deepcopy=False) if t.number != trial.number and t.params]
             for attempt in range(_ATTEMPTS):
-                mutated = self._choose_mutations(parent, rng if attempt == 0 else self._rng(trial.number, "mutate", attempt))
+                if attempt == 0:
+                    mutated = self._choose_mutations(parent, rng)
+                elif self._on_refusal == "extend" and refused[-1] == "check":
+                    mutated = self._extend_mutations(parent, mutated, self._rng(trial.number, "mutate", attempt))
+                else:
+                    mutated = self._choose_mutations(parent, self._rng(trial.number, "mutate", attempt))
                 why = self._refusal(trial, _Plan(parent, frozenset(mutated), attempt), seen)
                 if why is None:
                     break
@@ -295,6 +311,14 @@ class EvolutionSampler(BaseSampler):
         storage.set_trial_system_attr(trial._trial_id, ATTEMPT_KEY, attempt)
         storage.set_trial_system_attr(trial._trial_id, REFUSED_KEY, refused)
         return None if parent is None else parent.number, frozenset(mutated), attempt
+
+    def _extend_mutations(self, parent: FrozenTrial, mutated: list[str], rng: np.random.Generator) -> list[str]:
+        """`mutated` and one more of the parent's changeable names, chosen uniformly
+        (new marks from scratch when every one is marked already)."""
+        rest = [n for n in sorted(parent.params) if n not in mutated and _n_values(parent.distributions[n]) > 1]
+        if not rest:
+            return self._choose_mutations(parent, rng)
+        return sorted([*mutated, rest[int(rng.integers(len(rest)))]])
 
     def _refusal(self, trial: FrozenTrial, plan: "_Plan", seen: list[dict[str, Any]] | None) -> str | None:
         """Why the candidate `plan` gives would be refused ("repeat": it has the

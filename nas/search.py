@@ -27,6 +27,7 @@ from evaluators.errors import TaskError, TrialFailure
 from evaluators.hardware import default_threads, resolve_device
 from evaluators.tasks import get_task
 from nas.choices import make_pruner, make_sampler
+from nas.evolution import ON_REFUSAL
 from nas.hurdles import (DEFAULT_HURDLE_RULE, DEFAULT_HURDLE_SIGNAL, DEFAULT_MIN_TRIALS, DEFAULT_SELECTION_SIGNAL,
                          HURDLE_RULES, HURDLE_SIGNALS)
 from nas.objective import Budget, Measurement, Objective, device_key, measure, measure_key
@@ -107,6 +108,11 @@ class SearchConfig:
     # Evolution proposes only candidates measured within the budget (EvolutionSampler's
     # child check, Objective.within_budget); False: every child is tried as drawn.
     budget_aware: bool = True
+    # After a child over the budget, evolution's next attempt "extend"s its marks by one (a
+    # deeper child keeps its new layer and may cheapen another choice) or draws "fresh"
+    # ones (EvolutionSampler). At half the vanilla latency, 10 seeds: mean best 0.888
+    # against 0.699 (README, "evolution within the budget").
+    on_refusal: str = "extend"
     hurdle_trials: int = DEFAULT_MIN_TRIALS
     hurdle_signal: str = DEFAULT_HURDLE_SIGNAL  # what the hurdles compare: "loss" (minus the validation loss) or "fitness"
     hurdle_rule: str = DEFAULT_HURDLE_RULE  # "progressive": training past a stage waits for its hurdle (nas.hurdles); or "fixed"
@@ -162,6 +168,8 @@ class Search:
         for flag, signal in (("--hurdle-signal", cfg.hurdle_signal), ("--selection-signal", cfg.selection_signal)):
             if signal not in HURDLE_SIGNALS:
                 raise SearchError(f"{flag} must be one of {', '.join(HURDLE_SIGNALS)}, got {signal!r}")
+        if cfg.on_refusal not in ON_REFUSAL:
+            raise SearchError(f"--on-refusal must be one of {', '.join(ON_REFUSAL)}, got {cfg.on_refusal!r}")
         if cfg.hurdle_rule not in HURDLE_RULES:
             raise SearchError(f"--hurdle-rule must be one of {', '.join(HURDLE_RULES)}, got {cfg.hurdle_rule!r}")
         if cfg.latency_ms is not None and cfg.latency_fraction is not None:
@@ -356,7 +364,8 @@ class Search:
             train_options=self.train_options,
             search_info={"sampler": self.cfg.sampler, "pruner": self.cfg.pruner, "hurdle_trials": self.cfg.hurdle_trials,
                          "hurdle_signal": self.cfg.hurdle_signal, "hurdle_rule": self.cfg.hurdle_rule,
-                         "selection_signal": self.cfg.selection_signal, "budget_aware": self.cfg.budget_aware},
+                         "selection_signal": self.cfg.selection_signal, "budget_aware": self.cfg.budget_aware,
+                         "on_refusal": self.cfg.on_refusal},
         )
 
     def load(self, objective: Objective | None = None) -> optuna.Study:
@@ -366,7 +375,8 @@ class Search:
         cfg = self.cfg
         check = objective.within_budget if objective is not None and cfg.budget_aware else None
         sampler = make_sampler(cfg.sampler, seed=cfg.seed, population=cfg.population, tournament=cfg.tournament,
-                               mutation_prob=cfg.mutation_prob, selection=cfg.selection_signal, child_check=check)
+                               mutation_prob=cfg.mutation_prob, selection=cfg.selection_signal, child_check=check,
+                               on_refusal=cfg.on_refusal)
         pruner = make_pruner(cfg.pruner, stages=self.stages, min_trials=cfg.hurdle_trials, signal=cfg.hurdle_signal,
                              rule=cfg.hurdle_rule)
         return optuna.load_study(study_name=cfg.study, storage=self.storage, sampler=sampler, pruner=pruner)

@@ -50,7 +50,7 @@ def config_from_study(study: optuna.Study, args: argparse.Namespace) -> SearchCo
         device=args.device, seed=args.seed, stages=tuple(stored["stages"]), population=args.population,
         tournament=args.tournament, mutation_prob=args.mutation_prob, hurdle_trials=args.hurdle_trials,
         hurdle_signal=args.hurdle_signal, hurdle_rule=args.hurdle_rule, selection_signal=args.selection_signal,
-        budget_aware=not args.no_budget_check, warm_start=False, measure_threads=threads,
+        budget_aware=not args.no_budget_check, on_refusal=args.on_refusal, warm_start=False, measure_threads=threads,
     )
 
 
@@ -73,7 +73,7 @@ def _worker_argv(cfg: SearchConfig, quiet: bool) -> list[str]:
             "--device", cfg.device, "--seed", str(cfg.seed), "--population", str(cfg.population),
             "--tournament", str(cfg.tournament), "--mutation-prob", str(cfg.mutation_prob),
             "--hurdle-trials", str(cfg.hurdle_trials), "--hurdle-signal", cfg.hurdle_signal,
-            "--hurdle-rule", cfg.hurdle_rule, "--selection-signal", cfg.selection_signal]
+            "--hurdle-rule", cfg.hurdle_rule, "--selection-signal", cfg.selection_signal, "--on-refusal", cfg.on_refusal]
     if not cfg.budget_aware:
         argv.append("--no-budget-check")
     if cfg.trials is not None:

@@ -656,3 +656,36 @@ def test_a_decided_plan_is_read_back_without_checking_again(tmp_path) -> None:
 def test_child_check_must_be_callable() -> None:
     with pytest.raises(ValueError, match="child_check"):
         EvolutionSampler(child_check=3)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("on_refusal", ["fresh", "extend"])
+def test_extend_keeps_a_refused_childs_marks_and_adds_one(on_refusal: str) -> None:
+    # The parent is one layer of width 64; only d_model, depth and heads can change,
+    # and one is marked per child (mutation_prob 0). The check passes a child only if
+    # it is deeper AND narrower (a deeper model fits the budget only if it is
+    # narrower): no single mark gives that, so fresh marks are refused every time,
+    # while extending the refused child's marks reaches both within 3 attempts.
+    single = dict(CHOICES, attention=["full"], ffn_mult=[2])
+    study = optuna.create_study(direction="maximize")
+    add(study, arch_params(depth=1, d_model=64), value=1.0, choices=single)
+
+    def deeper_and_narrower(suggest) -> bool:
+        params = walk(lambda name: suggest(name, dist_of(name, single)))
+        return params["depth"] > 1 and params["d_model"] == 32
+
+    study.sampler = EvolutionSampler(population_size=1, tournament_size=1, mutation_prob=0.0, seed=0,
+                                     child_check=deeper_and_narrower, on_refusal=on_refusal)
+    study.optimize(lambda t: walk(lambda n: t.suggest_categorical(n, single[n.split(".")[-1]]))["depth"], n_trials=1)
+    child = study.trials[1]
+    refused, mutated = child.system_attrs[REFUSED_KEY], child.system_attrs[MUTATED_KEY]
+    if on_refusal == "fresh":
+        assert refused == ["check"] * 8 and len(mutated) == 1
+    else:
+        assert 1 <= len(refused) <= 2 and refused == ["check"] * len(refused)
+        assert len(mutated) == len(refused) + 1 and {"depth", "d_model"} <= set(mutated)
+        assert child.params["depth"] > 1 and child.params["d_model"] == 32
+
+
+def test_on_refusal_must_be_known() -> None:
+    with pytest.raises(ValueError, match="on_refusal"):
+        EvolutionSampler(on_refusal="grow")

@@ -679,3 +679,9 @@ def test_budget_check_measures_once_into_the_cache_and_refuses_what_is_over_or_i
     assert tables.count_measurements() == 1  # one architecture, measured once
     params["layer0.heads"] = 3  # 16 is not divisible by 3 heads: the space cannot build it
     assert objective(Budget(latency_ms=1e6)).within_budget(suggest) is False
+
+
+def test_unknown_on_refusal_is_refused_before_anything_is_stored(tmp_path):
+    with pytest.raises(SearchError, match="--on-refusal must be one of fresh, extend"):
+        Search(tiny_config(tmp_path, on_refusal="grow"), log=io.StringIO())
+    assert not (tmp_path / "t.db").exists()

@@ -267,7 +267,8 @@ def test_workers_get_the_search_limits(trials, step_budget):
 
 @pytest.mark.parametrize("over", [
     dict(sampler="tpe", pruner="median", seed=3, population=5, tournament=2, mutation_prob=0.4, hurdle_trials=3,
-         hurdle_signal="fitness", hurdle_rule="fixed", selection_signal="fitness", budget_aware=False),
+         hurdle_signal="fitness", hurdle_rule="fixed", selection_signal="fitness", budget_aware=False,
+         on_refusal="fresh"),
     dict(),  # the defaults
 ])
 def test_workers_run_with_every_search_setting_of_the_command(tmp_path, over):
@@ -286,5 +287,5 @@ def test_workers_run_with_every_search_setting_of_the_command(tmp_path, over):
     args.storage = cfg.storage
     got = config_from_study(optuna.load_study(study_name="w", storage=cfg.storage), args)
     for name in ("sampler", "pruner", "seed", "population", "tournament", "mutation_prob", "hurdle_trials",
-                 "hurdle_signal", "hurdle_rule", "selection_signal", "budget_aware", "trials"):
+                 "hurdle_signal", "hurdle_rule", "selection_signal", "budget_aware", "on_refusal", "trials"):
         assert getattr(got, name) == getattr(cfg, name), name
