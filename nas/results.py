@@ -11,6 +11,8 @@ from typing import Sequence, Union
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from nas.evolution import REFUSED_KEY
+
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 # A study, or its trials read once (one storage query serves several of the
@@ -113,10 +115,19 @@ def top_trials(study: optuna.Study, top: int) -> list[FrozenTrial]:
     return sorted(trials, key=key, reverse=True)[:top]
 
 
+def refused_by_check(study: Trials) -> int:
+    """Candidates evolution's child check refused (measured over the budget, or not
+    buildable) before they could become trials: they are in no trial's parameters,
+    only counted in each trial's `evolution:refused`."""
+    return sum(list(t.system_attrs.get(REFUSED_KEY) or ()).count("check") for t in _trials(study))
+
+
 def summary_table(study: optuna.Study, top: int = 5) -> str:
     best = best_feasible(study)
+    refused = refused_by_check(study)
     lines = [f"study {study.study_name}: {finished_count(study)} finished trials, "
-             f"{len(fully_trained(study))} trained to the end and feasible"]
+             f"{len(fully_trained(study))} trained to the end and feasible"
+             + (f"; evolution set aside {refused} more candidates measured over the budget" if refused else "")]
     lines.append(format_table([_row(t) for t in top_trials(study, top)]))
     if best is None:
         lines.append("no feasible fully trained architecture yet")

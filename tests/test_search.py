@@ -649,6 +649,14 @@ def test_evolution_proposes_only_children_measured_within_the_budget(tmp_path):
     blind = runs["blind"]
     assert all(t.system_attrs["evolution:refused"] == [] for t in blind)
     assert sum(t.constraints["latency_ms"] > 0 for t in blind) >= 2
+    # The summary says how many candidates the check set aside (counted here by hand).
+    from nas.results import summary_table
+
+    set_aside = sum(t.system_attrs["evolution:refused"].count("check") for t in runs["checked"])
+    first_line = {name: summary_table(optuna.load_study(study_name=name, storage=default_url(name, tmp_path)))
+                  .splitlines()[0] for name in runs}
+    assert first_line["checked"].endswith(f"evolution set aside {set_aside} more candidates measured over the budget")
+    assert "set aside" not in first_line["blind"]
 
 
 def test_budget_check_measures_once_into_the_cache_and_refuses_what_is_over_or_invalid(tmp_path):
