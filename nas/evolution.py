@@ -65,9 +65,10 @@ The rule, for a single-objective study (``study.direction`` respected):
    8 attempts (with ``on_refusal="extend"``: its own marks plus one more, chosen
    uniformly among the parent's other changeable parameters, all re-drawn; so a
    child that added a layer and came out over the budget keeps the new layer and
-   may cheapen another choice to fit); a random candidate (population not yet full) is drawn again, up to
-   8 times. When every attempt is refused the last one is the trial (the
-   objective then records it as it would without the check). This is how the
+   may cheapen another choice to fit); a random candidate (population not yet
+   full) is drawn again, up to 8 times. When every attempt is refused the last
+   one is the trial (the objective then records it as it would without the
+   check; ``evolution:refused`` then lists 8 refusals). This is how the
    evolutionary search of Once-for-All (Cai, Gan, Wang, Zhang and Han, ICLR 2020,
    arXiv:1908.09791) meets a latency constraint: mutate, and mutate again while
    the child's latency is over it (there without a bound, here 8 attempts, since
