@@ -230,7 +230,7 @@ class EvolutionSampler(BaseSampler):
         # A multi-objective study gets its ValueError when a parameter is sampled,
         # so that the trial is recorded as failed rather than left running.
         if not study._is_multi_objective():
-            self._plan(study, trial)
+            self._plan_of(study, trial)
 
     def sample_independent(
         self,
@@ -267,12 +267,17 @@ class EvolutionSampler(BaseSampler):
             return (False, feasible, -violation, -math.inf)
         return (True, feasible, -violation, signed)
 
-    def _plan(self, study: Study, trial: FrozenTrial) -> tuple[int | None, frozenset[str], int]:
-        """The trial's parent number, mutated names and attempt: from storage if
+    def _plan(self, study: Study, trial: FrozenTrial) -> "_Plan":
+        """The trial's plan (parent, mutated names, attempt): from storage if
         decided, else decided now and stored."""
-        attrs = study._storage.get_trial_system_attrs(trial._trial_id)
+        storage = study._storage
+        attrs = storage.get_trial_system_attrs(trial._trial_id)
         if PARENT_KEY in attrs:
-            return attrs[PARENT_KEY], frozenset(attrs.get(MUTATED_KEY) or ()), int(attrs.get(ATTEMPT_KEY) or 0)
+            number = attrs[PARENT_KEY]
+            stored_parent = None
+            if number is not None:
+                stored_parent = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
+            return _Plan(stored_parent, frozenset(attrs.get(MUTATED_KEY) or ()), int(attrs.get(ATTEMPT_KEY) or 0))
 
         parent: FrozenTrial | None = None
         mutated: list[str] = []
@@ -306,12 +311,11 @@ class EvolutionSampler(BaseSampler):
                     break
                 refused.append(why)
 
-        storage = study._storage
         storage.set_trial_system_attr(trial._trial_id, PARENT_KEY, None if parent is None else parent.number)
         storage.set_trial_system_attr(trial._trial_id, MUTATED_KEY, mutated)
         storage.set_trial_system_attr(trial._trial_id, ATTEMPT_KEY, attempt)
         storage.set_trial_system_attr(trial._trial_id, REFUSED_KEY, refused)
-        return None if parent is None else parent.number, frozenset(mutated), attempt
+        return _Plan(parent, frozenset(mutated), attempt)
 
     def _extend_mutations(self, parent: FrozenTrial, mutated: list[str], rng: np.random.Generator) -> list[str]:
         """`mutated` and one more of the parent's changeable names, chosen uniformly
@@ -351,7 +355,7 @@ class EvolutionSampler(BaseSampler):
         return mutated
 
     def _plan_of(self, study: Study, trial: FrozenTrial) -> "_Plan":
-        """The trial's plan with the parent trial itself, cached per trial.
+        """The trial's plan, cached per trial from `before_trial` on.
 
         The cache only mirrors what `_plan` has read from or written to storage
         (and a finished parent's params never change), so it saves queries
@@ -361,12 +365,7 @@ class EvolutionSampler(BaseSampler):
         hit = self._cache.get(key)
         if hit is not None and hit[0] is study._storage:
             return hit[1]
-        number, mutated, attempt = self._plan(study, trial)
-        parent = None
-        if number is not None:
-            trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
-            parent = study._storage.get_trial(trial_id)
-        plan = _Plan(parent, mutated, attempt)
+        plan = self._plan(study, trial)
         with self._cache_lock:
             while len(self._cache) >= _CACHE_SIZE:
                 self._cache.pop(next(iter(self._cache)))

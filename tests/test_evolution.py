@@ -477,7 +477,10 @@ def test_running_trial_decision_is_read_back_from_storage(tmp_path) -> None:
     parent = study2.trials[plan[0]]
     if "d_model" not in plan[1]:
         assert other.sample_independent(study2, frozen, "d_model", dist_of("d_model")) == parent.params["d_model"]
-    assert other._plan(study2, frozen) == (plan[0], frozenset(plan[1]), attrs[ATTEMPT_KEY])
+    read_back = other._plan(study2, frozen)
+    assert (read_back.parent.number, read_back.mutated, read_back.attempt) == (
+        plan[0], frozenset(plan[1]), attrs[ATTEMPT_KEY])
+    assert read_back.parent.params == parent.params
 
 
 # ---- warm start ------------------------------------------------------------------------
