@@ -2,7 +2,8 @@
 
 `nas search --workers K` creates (or resumes) the study in this process, then
 starts K `nas worker` processes on it: one per GPU through CUDA_VISIBLE_DEVICES
-when there are GPUs, otherwise the CPU cores split between them. `nas worker
+when there are GPUs (round robin over the GPUs the command itself sees; --device
+cuda:N puts them all on GPU N), otherwise the CPU cores split between them. `nas worker
 --study NAME --storage URL` joins an existing study from any machine: it reads
 the task, space, budget and stages from the study itself. The evolution and the
 hurdles keep their state in storage, so the workers cooperate on one population.
@@ -66,6 +67,20 @@ def worker_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def worker_gpus(workers: int, device: torch.device, visible: str | None, count: int) -> list[str]:
+    """The CUDA_VISIBLE_DEVICES entry of each of `workers` workers, round robin over
+    the GPUs this process sees: `visible` (its own CUDA_VISIBLE_DEVICES: indices,
+    UUIDs or MIG ids) in that order, else 0 .. count-1. A `device` with an index
+    (--device cuda:1) pins every worker to that GPU."""
+    ids = [s.strip() for s in visible.split(",") if s.strip()] if visible else [str(i) for i in range(count)]
+    ids = ids[:count]  # torch stops at the first invalid entry; so does what it counts
+    if not ids:
+        raise NasError("no CUDA device is visible to start workers on; check CUDA_VISIBLE_DEVICES or use --device cpu")
+    if device.index is not None:
+        ids = [ids[device.index]]
+    return [ids[i % len(ids)] for i in range(workers)]
+
+
 def _worker_argv(cfg: SearchConfig, quiet: bool) -> list[str]:
     # No --storage: the URL goes through the environment (STORAGE_ENV), so a
     # password in it never shows in the process list.
@@ -89,13 +104,20 @@ def run_parallel(cfg: SearchConfig, workers: int, *, quiet: bool = False) -> int
         raise NasError(f"--workers must be at least 1, got {workers}")
     search = Search(cfg)  # validates everything and creates the study once, before any worker starts
     url = search.url
-    gpus = torch.cuda.device_count() if search.device.type == "cuda" else 0
+    gpus = (worker_gpus(workers, search.device, os.environ.get("CUDA_VISIBLE_DEVICES"), torch.cuda.device_count())
+            if search.device.type == "cuda" else [])
+    if gpus:
+        torch.cuda.empty_cache()  # the budget measurement's blocks: the workers need the memory
+        if workers > len(set(gpus)):
+            print(f"nas: {workers} workers share {len(set(gpus))} GPU(s): a latency measured while another "
+                  f"worker trains on the same GPU is inflated; use --workers {len(set(gpus))} for clean budgets",
+                  file=sys.stderr)
     cores = os.cpu_count() or 1
     procs = []
     for i in range(workers):
         env = dict(os.environ)
         if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
+            env["CUDA_VISIBLE_DEVICES"] = gpus[i]
         else:
             env["NAS_TRAIN_THREADS"] = str(max(1, cores // workers))
             env["OMP_NUM_THREADS"] = env["NAS_TRAIN_THREADS"]
@@ -103,6 +125,8 @@ def run_parallel(cfg: SearchConfig, workers: int, *, quiet: bool = False) -> int
         env[STORAGE_ENV] = url
         argv = _worker_argv(cfg, quiet)
         argv[argv.index("--seed") + 1] = str(cfg.seed + i)
+        if gpus:  # the worker sees its one GPU only, as cuda:0
+            argv[argv.index("--device") + 1] = "cuda"
         procs.append(subprocess.Popen(argv, env=env))
     try:
         codes = [p.wait() for p in procs]

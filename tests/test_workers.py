@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import optuna
+import torch
 import pytest
 from fixture_spaces import TWO_ARCH_SPACE
 from stopped_process import stopped, trial_states
@@ -289,3 +290,27 @@ def test_workers_run_with_every_search_setting_of_the_command(tmp_path, over):
     for name in ("sampler", "pruner", "seed", "population", "tournament", "mutation_prob", "hurdle_trials",
                  "hurdle_signal", "hurdle_rule", "selection_signal", "budget_aware", "on_refusal", "trials"):
         assert getattr(got, name) == getattr(cfg, name), name
+
+
+@pytest.mark.parametrize("workers, device, visible, count, expected", [
+    (2, "cuda", None, 2, ["0", "1"]),
+    (3, "cuda", None, 2, ["0", "1", "0"]),
+    # The command's own mask is kept: workers go to physical GPUs 2 and 3, not 0 and 1.
+    (2, "cuda", "2,3", 2, ["2", "3"]),
+    (2, "cuda", "GPU-aaaa, GPU-bbbb", 2, ["GPU-aaaa", "GPU-bbbb"]),
+    # --device cuda:1 is the command's second visible GPU: every worker there.
+    (2, "cuda:1", "4,6", 2, ["6", "6"]),
+    (2, "cuda:1", None, 2, ["1", "1"]),
+])
+def test_workers_go_to_the_gpus_the_command_sees(workers, device, visible, count, expected):
+    from nas.workers import worker_gpus
+
+    assert worker_gpus(workers, torch.device(device), visible, count) == expected
+
+
+def test_no_visible_gpu_is_a_clear_error():
+    from nas.errors import NasError
+    from nas.workers import worker_gpus
+
+    with pytest.raises(NasError, match="no CUDA device is visible"):
+        worker_gpus(2, torch.device("cuda"), "", 0)
