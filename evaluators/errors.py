@@ -9,6 +9,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import traceback
+from typing import Any, Iterator
+
 
 class TaskError(ValueError):
     """A task name or option that cannot work. One line naming the problem and the fix."""
@@ -61,3 +65,40 @@ def oom_error_types() -> tuple[type[BaseException], ...]:
         if isinstance(cls, type) and cls not in types:
             types.append(cls)
     return tuple(types)
+
+
+# Allocation failures torch reports as a plain RuntimeError rather than its
+# OutOfMemoryError: cuBLAS/cuDNN failing to allocate a handle's workspace, the CUDA
+# runtime's own "out of memory", and the CPU allocator refusing a request.
+_OOM_MESSAGES = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED",
+                 "can't allocate memory")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether `error` says the device ran out of memory: torch's OutOfMemoryError,
+    or a RuntimeError whose message names an allocation failure (see _OOM_MESSAGES).
+    A `TrialFailure` is never one: it has been classified already."""
+    if isinstance(error, TrialFailure):
+        return False
+    if isinstance(error, oom_error_types()):
+        return True
+    return isinstance(error, RuntimeError) and any(m in str(error) for m in _OOM_MESSAGES)
+
+
+@contextlib.contextmanager
+def out_of_memory_as_trial_failure(where: str, fix: str, device: Any = None) -> Iterator[None]:
+    """Turn an out-of-memory error (`is_out_of_memory`) raised inside into
+    `DeviceOutOfMemory`, so a search records the candidate as failed and goes on;
+    the message says `where` it happened and the `fix`. On a CUDA `device` the
+    allocator's cached blocks go back to the device too."""
+    try:
+        yield
+    except RuntimeError as e:
+        if not is_out_of_memory(e):
+            raise
+        traceback.clear_frames(e.__traceback__)  # drop the tensors the frames hold
+        if getattr(device, "type", None) == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+        raise DeviceOutOfMemory(f"out of memory during {where}; {fix}") from e

@@ -81,7 +81,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from evaluators.errors import DeviceOutOfMemory, oom_error_types
+from evaluators.errors import out_of_memory_as_trial_failure
 from search_spaces.model import count_parameters
 
 __all__ = [
@@ -249,6 +249,22 @@ def device_label(device: torch.device | str, threads: int | None = None) -> str:
 
 
 # ---- helpers ------------------------------------------------------------------
+DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The dtype a measurement runs in: "float32", "bfloat16" or "float16" as given
+    (reduced precision through `torch.autocast`, as training runs on CUDA); "auto"
+    is bfloat16 on a CUDA device that supports it (what training uses there, and how
+    such a model is usually served) and float32 elsewhere."""
+    if name == "auto":
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+        return torch.bfloat16 if bf16 else torch.float32
+    if name not in DTYPE_NAMES:
+        raise ValueError(f"unknown dtype {name!r}; use one of {', '.join(DTYPE_NAMES)}")
+    return getattr(torch, name)
+
+
 def _check_dtype(dtype: torch.dtype) -> None:
     if dtype not in _SUPPORTED_DTYPES:
         raise ValueError(f"dtype {dtype} is not supported; use torch.float32, torch.bfloat16 or torch.float16")
@@ -281,19 +297,12 @@ def _inputs(batch_size: int, seq_len: int, vocab_size: int, device: torch.device
     return tokens.to(device), (mask.to(device) if mask is not None else None)
 
 
-@contextlib.contextmanager
-def _oom_as_trial_failure(what: str, device: torch.device, batch_size: int, seq_len: int) -> Iterator[None]:
-    """Turn torch's out-of-memory error into `DeviceOutOfMemory` (a `TrialFailure`)."""
-    try:
-        yield
-    except oom_error_types() as e:
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        raise DeviceOutOfMemory(
-            f"{what} ran out of memory on {device_label(device)} at batch {batch_size}, "
-            f"length {seq_len}; lower the batch size or the sequence length, or treat "
-            f"the candidate as over budget"
-        ) from e
+def _oom_as_trial_failure(what: str, device: torch.device, batch_size: int,
+                          seq_len: int) -> contextlib.AbstractContextManager:
+    """Turn running out of memory into `DeviceOutOfMemory` (a `TrialFailure`)."""
+    return out_of_memory_as_trial_failure(
+        f"{what} on {device_label(device)} at batch {batch_size}, length {seq_len}",
+        "lower the batch size or the sequence length, or treat the candidate as over budget", device)
 
 
 @contextlib.contextmanager
@@ -592,7 +601,9 @@ def measure_memory(
     (a fifth of the cost) when the model has just run at these shapes, e.g.
     right after `measure_latency` (for the 20 sampled default-space
     architectures of benchmarks/latency.py the first pass's figure equalled the
-    later ones'). On the CPU the
+    later ones'). On CUDA a warm-up training step runs too; not on the CPU, where
+    a first and a second training step measured the same bytes (4 sampled
+    default-space architectures). On the CPU the
     passes run with `threads` intra-op threads (default: `default_threads()`,
     restored afterwards): the same setting as `measure_latency`, so a loaded
     machine slows the measurement least. (The bytes counted were the same, to
@@ -642,6 +653,13 @@ def measure_memory(
                     _eval_mode(model, training=True):
                 for p in params:
                     p.grad = None
+                if warmup and device.type == "cuda":
+                    # Unmeasured: the first backward runs on autograd's own device thread, whose
+                    # cuBLAS handle then allocates its workspace (MiBs that stay allocated) inside
+                    # the measured window, and every later architecture would be measured without it.
+                    train_step()
+                    for p in params:
+                        p.grad = None
                 train_bytes = peak(train_step)
     finally:
         for p, g in zip(params, saved_grads):

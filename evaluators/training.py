@@ -25,12 +25,11 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from evaluators.errors import DeviceOutOfMemory, TrainingDiverged, oom_error_types
+from evaluators.errors import DeviceOutOfMemory, TrainingDiverged, is_out_of_memory
 from evaluators.tasks.base import EvalResult, Task, autocast, mix_seed
 
 Report = Callable[[int, EvalResult], None]
 
-_OOM = oom_error_types()
 STATE_FORMAT = 1
 
 
@@ -138,7 +137,9 @@ class Trainer:
             if self.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
             self.optimizer.step()
-        except _OOM as e:
+        except RuntimeError as e:
+            if not is_out_of_memory(e):
+                raise
             failed = e
         if failed is not None:
             self._raise_oom(failed, f"training step {step + 1}")
@@ -182,7 +183,9 @@ class Trainer:
         failed: BaseException | None = None
         try:
             return self.task.evaluate(self.model, self.device)
-        except _OOM as e:
+        except RuntimeError as e:
+            if not is_out_of_memory(e):
+                raise
             failed = e
         self._raise_oom(failed, "evaluation")
         raise AssertionError("unreachable")

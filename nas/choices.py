@@ -12,6 +12,9 @@ from nas.hurdles import (DEFAULT_HURDLE_RULE, DEFAULT_HURDLE_SIGNAL, DEFAULT_MIN
 
 SAMPLERS = ("evolution", "tpe", "nsga2", "cmaes", "gp", "random")
 PRUNERS = ("hurdles", "median", "hyperband", "none")
+# --measure-dtype (evaluators.hardware.resolve_dtype takes the same names; not imported
+# from there so that `nas --help` does not load torch).
+MEASURE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def make_sampler(name: str, *, seed: int | None, population: int = 20, tournament: int = 5,

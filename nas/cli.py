@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Sequence
 
-from nas.choices import PRUNERS, SAMPLERS
+from nas.choices import MEASURE_DTYPES, PRUNERS, SAMPLERS
 from nas.evolution import ON_REFUSAL
 from nas.hurdles import (DEFAULT_HURDLE_RULE, DEFAULT_HURDLE_SIGNAL, DEFAULT_MIN_TRIALS, DEFAULT_SELECTION_SIGNAL,
                          HURDLE_RULES, HURDLE_SIGNALS)
@@ -137,6 +137,9 @@ def _add_search_args(p: argparse.ArgumentParser, *, worker: bool) -> None:
                         "constant, with which capable architectures learn the default task far more often; 0.1 was the default before)")
     p.add_argument("--workers", type=_positive_int, default=1, help="worker processes on this machine (one per GPU, or CPU threads split)")
     p.add_argument("--measure-threads", type=int, help="CPU threads for latency measurement (default 1: the most repeatable)")
+    p.add_argument("--measure-dtype", choices=MEASURE_DTYPES, default="auto",
+                   help="precision latency and memory are measured in (default auto: bfloat16 on a GPU that "
+                        "supports it, as training runs there; float32 on the CPU; a resumed study keeps its own)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show", help="top trials, Pareto front of fitness against latency, hurdles")
     p.add_argument("study")
     p.add_argument("--storage")
-    p.add_argument("--top", type=int, default=10)
+    p.add_argument("--top", type=_positive_int, default=10, help="how many of the best trials to list (default 10)")
     p.add_argument("--plot", metavar="FILE.png", help="write fitness-vs-latency plot (needs matplotlib: pip install 'nas[plot]')")
     p = sub.add_parser("export", help="write the best (or a given) trial as a standalone PyTorch module")
     p.add_argument("study")
@@ -181,7 +184,7 @@ def _search_config(args: argparse.Namespace, argv: Sequence[str]):
         hurdle_trials=args.hurdle_trials,
         hurdle_signal=args.hurdle_signal, hurdle_rule=args.hurdle_rule,
         selection_signal=args.selection_signal, warm_start=not args.no_warm_start,
-        command=command_line(list(argv)), measure_threads=args.measure_threads,
+        command=command_line(list(argv)), measure_threads=args.measure_threads, measure_dtype=args.measure_dtype,
         train_options={k: v for k, v in (("lr", args.lr), ("min_lr_ratio", args.min_lr_ratio)) if v is not None},
     )
 
@@ -216,9 +219,13 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import optuna
+    try:
+        import optuna
 
-    from nas.errors import USER_ERRORS, one_line
+        from nas.errors import USER_ERRORS, one_line
+    except KeyboardInterrupt:  # Ctrl-C while the libraries load: nothing started yet
+        print("nas: interrupted", file=sys.stderr)
+        return 130
 
     # Our own lines say what happens; Optuna's INFO lines ("A new study created ...") would repeat it.
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -24,7 +24,7 @@ import optuna
 import torch
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 
-from evaluators.errors import TrialFailure
+from evaluators.errors import TrialFailure, out_of_memory_as_trial_failure
 from evaluators.hardware import measure_latency, measure_memory
 from evaluators.tasks.base import Task
 from evaluators.training import Trainer
@@ -93,6 +93,9 @@ def measure_key(spec: ArchSpec, *, device: torch.device, batch_size: int, thread
                       str(dtype).split(".")[-1])
 
 
+_SMALLER = "treat the candidate as over budget: give a --memory-mb budget or a smaller space"
+
+
 def measure(spec: ArchSpec, *, device: torch.device, batch_size: int, tables: Tables | None,
             threads: int, dtype: torch.dtype = torch.float32, seed: int = 0, memory: bool = True) -> Measurement:
     """Measured latency (and, if `memory`, peak memory) of `spec` on `device`, from
@@ -109,7 +112,8 @@ def measure(spec: ArchSpec, *, device: torch.device, batch_size: int, tables: Ta
                 return Measurement(lat, mem, cached=True, seconds=0.0)
     t0 = time.perf_counter()
     torch.manual_seed(seed)
-    model = build_model(spec).to(device).eval()
+    with out_of_memory_as_trial_failure(f"building the model on {device} to measure it", _SMALLER):
+        model = build_model(spec).to(device).eval()
     kw = dict(batch_size=batch_size, seq_len=spec.max_seq_len, vocab_size=spec.vocab_size, device=device, dtype=dtype)
     cached = lat is not None
     if lat is None:
@@ -165,6 +169,7 @@ class Objective:
         threads: int | None = None,
         train_options: dict[str, Any] | None = None,
         search_info: dict[str, Any] | None = None,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         self.study_name = study_name
         self.task = task
@@ -177,6 +182,7 @@ class Objective:
         self.seed = seed
         self.measure_batch = measure_batch or task.batch_size
         self.threads = threads or torch.get_num_threads()
+        self.dtype = dtype  # what latency and memory are measured in
         self.train_options = dict(train_options or {})
         # The sampler and pruner this worker runs (a per-worker choice, not part of the
         # study's identity): kept on each trial so `nas show` knows which hurdles applied.
@@ -186,9 +192,9 @@ class Objective:
         return self.space.sample(lambda name, choices: trial.suggest_categorical(name, list(choices)), self.task.shape)
 
     def measure(self, spec: ArchSpec, *, memory: bool) -> Measurement:
-        """`measure` on this search's device, batch, threads and cache."""
+        """`measure` on this search's device, batch, threads, dtype and cache."""
         return measure(spec, device=self.device, batch_size=self.measure_batch, tables=self.tables,
-                       threads=self.threads, seed=self.seed, memory=memory)
+                       threads=self.threads, dtype=self.dtype, seed=self.seed, memory=memory)
 
     def within_budget(self, suggest: Callable[[str, BaseDistribution], Any]) -> bool:
         """Whether the architecture whose choices `suggest(name, distribution)`
@@ -196,18 +202,21 @@ class Objective:
         `nas.evolution.EvolutionSampler`, so evolution proposes candidates that
         fit instead of recording them infeasible. The measurement goes into the
         cache, so the trial that follows reads it from there; an architecture
-        the space cannot build is refused (the trial would fail)."""
+        the space cannot build is refused (the trial would fail), and so is one
+        whose measurement fails on the device (out of memory: the trial would
+        fail too). The check runs while Optuna starts the trial, outside the
+        failures `study.optimize` catches, so a failure here would end the search."""
         try:
             spec = self.space.sample(lambda name, choices: suggest(name, CategoricalDistribution(list(choices))),
                                      self.task.shape)
-        except SpecError:
+            m = self.measure(spec, memory=False)
+            if self.budget.latency_ms is not None and m.latency_ms > self.budget.latency_ms:
+                return False
+            if self.budget.memory_mb is not None:
+                return self.measure(spec, memory=True).memory_mb <= self.budget.memory_mb
+            return True
+        except (SpecError, TrialFailure):
             return False
-        m = self.measure(spec, memory=False)
-        if self.budget.latency_ms is not None and m.latency_ms > self.budget.latency_ms:
-            return False
-        if self.budget.memory_mb is not None:
-            return self.measure(spec, memory=True).memory_mb <= self.budget.memory_mb
-        return True
 
     def __call__(self, trial: optuna.Trial) -> float:
         try:
@@ -222,7 +231,13 @@ class Objective:
         trial.set_user_attr("seed", self.seed)
         if self.search_info:
             trial.set_user_attr("search", self.search_info)
+        try:
+            return self._cost_then_train(trial, spec)
+        except TrialFailure as e:
+            trial.set_user_attr("failure", e.reason)  # whether measuring or training failed
+            raise
 
+    def _cost_then_train(self, trial: optuna.Trial, spec: ArchSpec) -> float:
         # 1. Cost, measured before any training: latency, then memory.
         m = self.measure(spec, memory=False)
         trial.set_user_attr("latency_ms", m.latency_ms)
@@ -248,10 +263,11 @@ class Objective:
 
         # 3. Train in stages; each stage's fitness goes to the pruner (the hurdles).
         torch.manual_seed(self.seed)
-        model = build_model(spec).to(self.device)
+        with out_of_memory_as_trial_failure(f"building the model on {self.device} to train it", _SMALLER):
+            model = build_model(spec).to(self.device)
+            trainer = Trainer(model, self.task, max_steps=self.stages[-1], device=self.device, seed=self.seed,
+                              **self.train_options)
         trial.set_user_attr("params", count_parameters(model))
-        trainer = Trainer(model, self.task, max_steps=self.stages[-1], device=self.device, seed=self.seed,
-                          **self.train_options)
         t0 = time.perf_counter()
         reached: dict[int, float] = {}
         # Every metric at every stage (JSON keys are strings: {"50": {"loss": ...}}), written
@@ -278,8 +294,7 @@ class Objective:
 
         try:
             trainer.train(self.stages[-1], report_at=self.stages, report=report)
-        except TrialFailure as e:
-            trial.set_user_attr("failure", e.reason)
+        except TrialFailure:
             trial.set_user_attr("steps_trained", trainer.steps_done)
             trial.set_user_attr("steps_spent", trainer.steps_done)
             raise

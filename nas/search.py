@@ -10,6 +10,7 @@ the difference, before anything is stored.
 from __future__ import annotations
 
 import datetime
+import gc
 import json
 import math
 import os
@@ -22,9 +23,10 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 
 import optuna
+import torch
 
 from evaluators.errors import TaskError, TrialFailure
-from evaluators.hardware import default_threads, resolve_device
+from evaluators.hardware import default_threads, resolve_device, resolve_dtype
 from evaluators.tasks import get_task
 from nas.choices import make_pruner, make_sampler
 from nas.evolution import ON_REFUSAL
@@ -57,7 +59,9 @@ DEFAULT_TRAIN_OPTIONS: dict[str, Any] = {"min_lr_ratio": 1.0}
 IDLE_TRIALS_LIMIT = 50
 WAIT_POLL_S = 1.0  # how often a worker waiting for other workers' last trials reads the study
 ORPHAN_AGE_S = 6 * 3600  # a RUNNING trial older than this, in a study with no finished trial, is not waited for
-IDENTITY_KEYS = ("task", "space", "budget", "device", "stages", "measure_batch")
+IDENTITY_KEYS = ("task", "space", "budget", "device", "stages", "measure_batch", "measure_dtype")
+# Studies made before the measurement dtype was stored measured in float32.
+STORED_DEFAULTS = {"measure_dtype": "float32"}
 
 
 class SearchError(ValueError):
@@ -119,6 +123,10 @@ class SearchConfig:
     selection_signal: str = DEFAULT_SELECTION_SIGNAL  # what evolution's tournament compares, the same two choices
     warm_start: bool = True
     measure_threads: int | None = None
+    # What latency and memory are measured in: "auto" (bfloat16 on a CUDA device that
+    # supports it, as training runs there; float32 otherwise), "float32", "bfloat16",
+    # "float16". A resumed study keeps its own unless another is asked for.
+    measure_dtype: str = "auto"
     train_options: dict[str, Any] = field(default_factory=dict)  # the Trainer's options asked for, over DEFAULT_TRAIN_OPTIONS
     command: str | None = None  # the command line that started the study, password redacted
 
@@ -172,6 +180,7 @@ class Search:
             raise SearchError(f"--on-refusal must be one of {', '.join(ON_REFUSAL)}, got {cfg.on_refusal!r}")
         if cfg.hurdle_rule not in HURDLE_RULES:
             raise SearchError(f"--hurdle-rule must be one of {', '.join(HURDLE_RULES)}, got {cfg.hurdle_rule!r}")
+        _check_search_numbers(cfg)
         if cfg.latency_ms is not None and cfg.latency_fraction is not None:
             raise SearchError("--latency-ms and --latency-fraction both set the latency budget; give one of them")
         if cfg.latency_fraction is not None and not (cfg.latency_fraction > 0 and math.isfinite(cfg.latency_fraction)):
@@ -194,6 +203,12 @@ class Search:
         # One thread by default on CPU: two passes over the same architectures rank
         # them far more consistently than with all cores (benchmarks/latency.py).
         self.threads = cfg.measure_threads or default_threads()
+        try:
+            self.dtype = resolve_dtype(cfg.measure_dtype, self.device)
+        except ValueError as e:
+            raise SearchError(f"--measure-dtype: {e}") from None
+        if not cfg.stages and not (_is_int(cfg.steps) and cfg.steps > 0):
+            raise SearchError(f"--steps must be a positive number of training steps per candidate, got {cfg.steps}")
         self.stages = tuple(cfg.stages) if cfg.stages else default_stages(cfg.steps)
         if any(s <= 0 for s in self.stages) or list(self.stages) != sorted(set(self.stages)):
             raise SearchError(f"--stages must be strictly increasing positive step counts, got {list(self.stages)}")
@@ -217,6 +232,7 @@ class Search:
             "device": device_key(self.device, self.threads),
             "stages": list(self.stages),
             "measure_batch": self.task.batch_size,
+            "measure_dtype": str(self.dtype).removeprefix("torch."),
         }
 
     def _study_exists(self) -> bool:
@@ -234,6 +250,9 @@ class Search:
             stored = attrs.get(CONFIG_ATTR)
             if stored is None:
                 raise SearchError(f"study {cfg.study!r} in {redact(self.url)} was not made by nas (no {CONFIG_ATTR}); pick another --study name")
+            stored = {**STORED_DEFAULTS, **stored}
+            if cfg.measure_dtype == "auto":  # not asked for: keep the study's
+                self.dtype = getattr(torch, stored["measure_dtype"])
             budget = Budget(
                 cfg.latency_ms if cfg.latency_ms is not None else stored["budget"]["latency_ms"],
                 cfg.memory_mb if cfg.memory_mb is not None else stored["budget"]["memory_mb"],
@@ -280,7 +299,8 @@ class Search:
         tables = Tables(self.url)
         try:
             for spec, m in measured:
-                key = measure_key(spec, device=self.device, batch_size=self.task.batch_size, threads=self.threads)
+                key = measure_key(spec, device=self.device, batch_size=self.task.batch_size, threads=self.threads,
+                                  dtype=self.dtype)
                 tables.put_measurement(key, m.latency, m.memory)
         finally:
             tables.dispose()
@@ -300,7 +320,7 @@ class Search:
 
         def time_cheapest() -> Measurement:
             return measure(cheapest, device=self.device, batch_size=self.task.batch_size, tables=None,
-                           threads=self.threads, seed=cfg.seed)
+                           threads=self.threads, dtype=self.dtype, seed=cfg.seed)
 
         m = time_cheapest()
         measured = [(cheapest, m)]
@@ -312,7 +332,7 @@ class Search:
             if vanilla:
                 ref = _spec_from_params(self.space, vanilla, shape)
                 r = measure(ref, device=self.device, batch_size=self.task.batch_size, tables=None,
-                            threads=self.threads, seed=cfg.seed)
+                            threads=self.threads, dtype=self.dtype, seed=cfg.seed)
                 measured.append((ref, r))
             reference = "vanilla transformer" if vanilla else "cheapest architecture"
             # Rounded up, so the vanilla transformer itself (cached below) stays within a fraction of 1.
@@ -360,7 +380,7 @@ class Search:
         return Objective(
             study_name=self.cfg.study, task=self.task, space=self.space, budget=self.budget,
             device=self.device, stages=self.stages, tables=Tables(self.url), checkpoint_dir=ckpt_root,
-            seed=self.cfg.seed, measure_batch=self.task.batch_size, threads=self.threads,
+            seed=self.cfg.seed, measure_batch=self.task.batch_size, threads=self.threads, dtype=self.dtype,
             train_options=self.train_options,
             search_info={"sampler": self.cfg.sampler, "pruner": self.cfg.pruner, "hurdle_trials": self.cfg.hurdle_trials,
                          "hurdle_signal": self.cfg.hurdle_signal, "hurdle_rule": self.cfg.hurdle_rule,
@@ -400,6 +420,7 @@ class Search:
         inner = self.objective()
         study = self.load(inner)
         worker = f"{socket.gethostname()}:{os.getpid()}"
+        started = _record_trial_starts(study._storage)
 
         def objective(trial: optuna.Trial) -> float:
             # Which process ran the trial: on a shared study, that is how a killed
@@ -436,6 +457,13 @@ class Search:
                     and n.failed < max_failures)
 
         def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            if trial.state == optuna.trial.TrialState.FAIL:
+                # The caught exception's traceback holds the failed trial's model and
+                # optimizer state in a reference cycle; after an out-of-memory error the
+                # next candidate needs that memory back now, not at the next collection.
+                gc.collect()
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
             bar.update(study, trial)
             if on_trial is not None:
                 on_trial(study, trial)
@@ -448,27 +476,31 @@ class Search:
         # our progress line; Optuna's own warning would add a whole traceback per trial.
         optuna.logging.set_verbosity(optuna.logging.ERROR)
         waited = False
-        while True:
-            # Read between trials, when this process runs none: every RUNNING trial is
-            # another worker's, or a dead worker's (SIGKILL, power loss). The latter is
-            # failed here once its heartbeat is stale and re-queued with the same
-            # params, so this run retries it, even if the target was reached meanwhile.
-            _fail_stale_trials(study)
-            n = _Tally.of(study)
-            if more_to_do(n):
-                remaining = None if target is None else max(target - n.finished - n.running, 0) + n.pending_retries
-                study.optimize(objective, n_trials=remaining, catch=(TrialFailure, SpecError),
-                               callbacks=[callback], gc_after_trial=False)
-            elif spoken_for(n) and not reached(n) and n.failed < max_failures:
-                # Other workers' trials would reach the target: wait for them rather than
-                # leave, so that if one of them dies its retry (re-queued once its
-                # heartbeat is stale) is run here and the study still reaches the target.
-                if not waited:
-                    self._print(f"waiting for {n.running} trial(s) running in other workers to reach {target} finished")
-                    waited = True
-                time.sleep(WAIT_POLL_S)
-            else:
-                break
+        try:
+            while True:
+                # Read between trials, when this process runs none: every RUNNING trial is
+                # another worker's, or a dead worker's (SIGKILL, power loss). The latter is
+                # failed here once its heartbeat is stale and re-queued with the same
+                # params, so this run retries it, even if the target was reached meanwhile.
+                _fail_stale_trials(study)
+                n = _Tally.of(study)
+                if more_to_do(n):
+                    remaining = None if target is None else max(target - n.finished - n.running, 0) + n.pending_retries
+                    study.optimize(objective, n_trials=remaining, catch=(TrialFailure, SpecError),
+                                   callbacks=[callback], gc_after_trial=False)
+                elif spoken_for(n) and not reached(n) and n.failed < max_failures:
+                    # Other workers' trials would reach the target: wait for them rather than
+                    # leave, so that if one of them dies its retry (re-queued once its
+                    # heartbeat is stale) is run here and the study still reaches the target.
+                    if not waited:
+                        self._print(f"waiting for {n.running} trial(s) running in other workers to reach {target} finished")
+                        waited = True
+                    time.sleep(WAIT_POLL_S)
+                else:
+                    break
+        except KeyboardInterrupt:
+            _fail_if_running(study, started, "interrupted (Ctrl-C) while the trial was being sampled")
+            raise
         bar.close()
         if idle(n) and not reached(n):
             self._print(f"stopped: the last {IDLE_TRIALS_LIMIT} trials trained nothing (each repeated an architecture "
@@ -477,6 +509,67 @@ class Search:
         elif not reached(n):
             self._print(f"stopped after {n.failed} failed trials; see `nas show {self.cfg.study}` for their reasons")
         return study
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_search_numbers(cfg: SearchConfig) -> None:
+    """The sampler's and pruner's numbers, checked under their flags' names before
+    anything is stored (the sampler and pruner themselves are built only later)."""
+    if not (_is_int(cfg.seed) and cfg.seed >= 0):
+        raise SearchError(f"--seed must be a non-negative integer, got {cfg.seed}")
+    if cfg.sampler == "evolution":
+        if not (_is_int(cfg.population) and cfg.population >= 1):
+            raise SearchError(f"--population must be a positive integer (the trials evolution breeds from), "
+                              f"got {cfg.population}")
+        if not (_is_int(cfg.tournament) and 1 <= cfg.tournament <= cfg.population):
+            raise SearchError(f"--tournament must be an integer from 1 to --population ({cfg.population}), "
+                              f"got {cfg.tournament}")
+        if not (isinstance(cfg.mutation_prob, (int, float)) and 0.0 <= cfg.mutation_prob <= 1.0):
+            raise SearchError(f"--mutation-prob must be a probability between 0 and 1, got {cfg.mutation_prob}")
+    if not (_is_int(cfg.hurdle_trials) and cfg.hurdle_trials >= 1):
+        raise SearchError(f"--hurdle-trials must be a positive integer (the trials whose mean sets a hurdle), "
+                          f"got {cfg.hurdle_trials}")
+    if cfg.measure_threads is not None and not (_is_int(cfg.measure_threads) and cfg.measure_threads >= 1):
+        raise SearchError(f"--measure-threads must be a positive integer, got {cfg.measure_threads}")
+
+
+def _record_trial_starts(storage: optuna.storages.BaseStorage) -> list[int]:
+    """A list that from now on holds the id of the last trial this process set
+    RUNNING through `storage` (a new trial, or a queued one it took): Optuna
+    creates the trial before the sampler runs, so a Ctrl-C while it samples would
+    otherwise leave it RUNNING with no heartbeat, for every later run to wait on."""
+    last: list[int] = []
+    create, set_state = storage.create_new_trial, storage.set_trial_state_values
+
+    def create_new_trial(study_id: int, template_trial: optuna.trial.FrozenTrial | None = None) -> int:
+        trial_id = create(study_id, template_trial)
+        if template_trial is None or template_trial.state == optuna.trial.TrialState.RUNNING:
+            last[:] = [trial_id]
+        return trial_id
+
+    def set_trial_state_values(trial_id: int, state: optuna.trial.TrialState, values: Any = None) -> bool:
+        changed = set_state(trial_id, state, values)
+        if changed and state == optuna.trial.TrialState.RUNNING:
+            last[:] = [trial_id]
+        return changed
+
+    storage.create_new_trial = create_new_trial  # type: ignore[method-assign]
+    storage.set_trial_state_values = set_trial_state_values  # type: ignore[method-assign]
+    return last
+
+
+def _fail_if_running(study: optuna.Study, trial_ids: list[int], why: str) -> None:
+    """Fail those of `trial_ids` still RUNNING (a trial interrupted in its objective
+    is failed by Optuna already), recording `why`."""
+    storage = study._storage
+    for trial_id in trial_ids:
+        if storage.get_trial(trial_id).state == optuna.trial.TrialState.RUNNING:
+            storage.set_trial_user_attr(trial_id, "failure", "interrupted")
+            storage.set_trial_user_attr(trial_id, "failure_message", why)
+            storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
 
 
 def _fail_stale_trials(study: optuna.Study) -> None:

@@ -4,8 +4,10 @@ the hurdles, and optionally a plot (matplotlib, an optional extra)."""
 from __future__ import annotations
 
 import inspect
+import os
 import sys
 from collections import Counter
+from pathlib import Path
 from typing import TextIO
 
 import optuna
@@ -16,7 +18,7 @@ from nas.hurdles import DEFAULT_MIN_TRIALS, signal_label
 from nas.search import BUDGET_ORIGIN_ATTR, CONFIG_ATTR, TRAIN_ATTR
 from nas.results import HEADER, _row, fitness, format_table, is_feasible, pareto_front, summary_table, total_steps_spent
 from nas.stage_signal import format_stage_signals, stage_signals
-from nas.storage import check_storage, default_url, open_storage, redact, sqlite_path
+from nas.storage import check_storage, default_url, has_optuna_schema, open_storage, redact, sqlite_path
 
 
 def open_study(study: str, storage: str | None = None) -> optuna.Study:
@@ -27,6 +29,8 @@ def open_study(study: str, storage: str | None = None) -> optuna.Study:
     if path is not None and not path.exists():
         raise NasError(f"no study {study!r}: {path} does not exist; run nas search --study {study} first or pass --storage")
     check_storage(url)
+    if path is not None and not has_optuna_schema(path):
+        raise NasError(f"no study {study!r}: {path} is not a study database (no Optuna tables); check --storage")
     st = open_storage(url, heartbeat=False)
     names = [s.study_name for s in st.get_all_studies()]
     if study not in names:
@@ -64,6 +68,8 @@ def budget_line(study: optuna.Study) -> str:
         line += f" of {config['measure_batch']}"
     if config.get("device"):
         line += f" on {config['device']}"
+    if config.get("measure_dtype", "float32") != "float32":
+        line += f" in {config['measure_dtype']}"
     origin = attrs.get(BUDGET_ORIGIN_ATTR)
     if origin and origin["latency_fraction"] == 1:
         line += f" (the {origin['reference']}'s measured latency)"
@@ -147,11 +153,35 @@ def plot(study: optuna.Study, path: str) -> None:
     ax.set_title(study.study_name)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=120)
+    except OSError as e:
+        raise NasError(f"cannot write the plot to {path}: {e.strerror or e}; give another --plot path") from None
+    finally:
+        plt.close(fig)
+
+
+# Image formats matplotlib's Agg backend writes (checked before any work, without importing it).
+PLOT_FORMATS = (".png", ".pdf", ".svg", ".svgz", ".jpg", ".jpeg", ".eps", ".ps", ".tif", ".tiff", ".webp")
+
+
+def check_plot_path(path: str) -> None:
+    """Refuse, before the study is read, a --plot path that cannot be written."""
+    p = Path(path)
+    if p.is_dir():
+        raise NasError(f"--plot {path} is a folder; give a file name in it, e.g. {p / 'study.png'}")
+    if p.suffix.lower() not in PLOT_FORMATS:
+        raise NasError(f"--plot {path}: unknown image format {p.suffix or '(none)'!r}; end the name with .png, .pdf or .svg")
+    folder = p.parent if str(p.parent) else Path(".")
+    if not folder.is_dir():
+        raise NasError(f"--plot: folder {folder} does not exist; create it (mkdir -p {folder}) or give another path")
+    if not os.access(folder, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise NasError(f"--plot {path} is not writable; give another path")
 
 
 def show_main(study_name: str, *, storage: str | None = None, top: int = 10, plot_path: str | None = None) -> int:
+    if plot_path:
+        check_plot_path(plot_path)
     study = open_study(study_name, storage)
     show(study, top=top)
     if plot_path:

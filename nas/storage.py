@@ -103,7 +103,13 @@ def check_storage(url: str, *, must_exist: bool = False) -> None:
     SQLite database. Nothing is created or changed by the check."""
     path = sqlite_path(url)
     if path is None:
+        if _in_memory_sqlite(url):
+            raise StorageError(f"storage {redact(url)!r} is an in-memory SQLite database, lost when the process ends "
+                               f"(and invisible to workers); give a file, e.g. sqlite:///studies/NAME.db")
         return
+    if path.is_dir():
+        raise StorageError(f"storage path {path} is a folder, not a database file; give a file in it, "
+                           f"e.g. sqlite:///{path / 'NAME.db'}")
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise StorageError(f"storage folder {folder} does not exist; create it (mkdir -p {folder}) or pass another --storage")
@@ -127,6 +133,25 @@ def check_storage(url: str, *, must_exist: bool = False) -> None:
             raise StorageError(f"storage folder {folder} is read-only; make it writable or pass another --storage")
 
 
+def _in_memory_sqlite(url: str) -> bool:
+    u = make_url(url)  # parseable: sqlite_path has checked it
+    return u.drivername.startswith("sqlite") and (not u.database or u.database == ":memory:")
+
+
+def has_optuna_schema(path: Path) -> bool:
+    """Whether the SQLite file at `path` holds Optuna's tables, read without
+    changing it (a new or foreign file gets Optuna's schema on opening through
+    `open_storage`: fine for a search, not for commands that only read)."""
+    if path.stat().st_size == 0:
+        return False
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)
+    try:
+        names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    finally:
+        con.close()
+    return {"studies", "trials", "version_info"} <= names
+
+
 def _quick_check(path: Path, attempts: int = 3) -> str:
     """SQLite's `PRAGMA quick_check` of `path`, in one read transaction: "ok" or the
     first problem found.
@@ -143,7 +168,8 @@ def _quick_check(path: Path, attempts: int = 3) -> str:
             con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60, isolation_level=None)
             try:
                 con.execute("BEGIN")  # one snapshot for the whole check
-                result = "; ".join(str(r[0]) for r in con.execute("PRAGMA quick_check(3)").fetchall())
+                # (Its lines hold newlines of their own: flattened, the message stays one line.)
+                result = "; ".join(" ".join(str(r[0]).split()) for r in con.execute("PRAGMA quick_check(3)").fetchall())
                 con.execute("ROLLBACK")
             finally:
                 con.close()

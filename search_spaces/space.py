@@ -131,6 +131,8 @@ class SearchSpace:
             text = path.read_text()
         except OSError as e:
             raise SpaceError(f"space file {path} cannot be read ({e.strerror}); give an existing .toml file or a built-in name: {builtin_spaces()}") from None
+        except UnicodeDecodeError:
+            raise SpaceError(f"space file {path} is not UTF-8 text (TOML must be); save it as UTF-8 or give another file") from None
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:

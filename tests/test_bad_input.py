@@ -264,3 +264,103 @@ def test_nan_training_fails_the_trial_and_the_search_goes_on(capsys, tmp_path):
         assert t.state == optuna.trial.TrialState.FAIL
         assert t.user_attrs["failure"] == "diverged"
         assert "nan" in t.user_attrs["failure_message"] and "learning rate" in t.user_attrs["failure_message"]
+
+
+def test_unknown_measure_dtype(capsys, db):
+    before = stored(db)
+    fails_cleanly(capsys, search_args(db, "--measure-dtype", "fp8", study="new"), "--measure-dtype", "bfloat16")
+    assert stored(db) == before
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("--seed", "-1"), ("--population", "0"), ("--tournament", "0"), ("--tournament", "20"),
+    ("--mutation-prob", "2"), ("--mutation-prob", "-0.5"), ("--hurdle-trials", "0"), ("--steps", "0"),
+    ("--measure-threads", "-1"),
+], ids=lambda x: x)
+def test_bad_search_numbers_are_refused_before_anything_is_stored(capsys, db, flag, value):
+    before = stored(db)
+    argv = search_args(db, f"{flag}={value}", study="new")
+    if flag == "--steps":
+        argv = argv[:argv.index("--stages")] + argv[argv.index("--stages") + 2:]
+    fails_cleanly(capsys, argv, flag)
+    assert stored(db) == before
+    assert [s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{db}")] == ["t"]
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+def test_in_memory_storage_is_refused(capsys, url):
+    fails_cleanly(capsys, ["search", "--study", "m", "--storage", url, "--trials", "1"], "in-memory", "sqlite:///studies/")
+
+
+def test_storage_path_that_is_a_folder(capsys, tmp_path):
+    (tmp_path / "d.db").mkdir()
+    for argv in (search_args(tmp_path / "d.db"), ["show", "t", "--storage", f"sqlite:///{tmp_path}/d.db"]):
+        fails_cleanly(capsys, argv, "is a folder", "NAME.db")
+
+
+@pytest.mark.parametrize("command", ["show", "export"])
+def test_show_and_export_leave_other_sqlite_files_alone(capsys, tmp_path, command):
+    other = tmp_path / "other.db"
+    con = sqlite3.connect(other)
+    con.execute("CREATE TABLE notes (x TEXT)")
+    con.commit()
+    con.close()
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    for path in (other, empty):
+        before = path.read_bytes()
+        fails_cleanly(capsys, [command, "t", "--storage", f"sqlite:///{path}"], "not a study database")
+        assert path.read_bytes() == before  # no Optuna tables written into it
+
+
+def test_load_best_from_a_url_leaves_another_sqlite_file_alone(tmp_path):
+    from nas.errors import NasError
+    from nas.export import load_best
+
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).execute("CREATE TABLE notes (x TEXT)").connection.commit()
+    before = other.read_bytes()
+    with pytest.raises(NasError, match="not a study database"):
+        load_best(f"sqlite:///{other}")
+    assert other.read_bytes() == before
+
+
+@pytest.mark.parametrize("name, expect", [
+    ("plots", "is a folder"), ("nope/p.png", "does not exist"), ("p.xyz", "unknown image format"),
+    ("p", "unknown image format"),
+], ids=["folder", "missing-folder", "format", "no-suffix"])
+def test_bad_plot_path_is_refused_before_reading_the_study(capsys, db, tmp_path, monkeypatch, name, expect):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "plots").mkdir()
+    fails_cleanly(capsys, ["show", "t", "--storage", f"sqlite:///{db}", "--plot", name], "--plot", expect)
+    assert capsys.readouterr().out == ""  # refused before the study was shown
+
+
+def test_space_file_that_is_not_utf8(capsys, db, tmp_path):
+    space = tmp_path / "s.toml"
+    space.write_bytes(b'name = "\xff\xfe"\n')
+    fails_cleanly(capsys, with_option(search_args(db, study="new"), "--space", str(space)), "not UTF-8", str(space))
+
+
+def test_task_too_large_to_build_is_a_task_error(capsys, db):
+    before = stored(db)
+    fails_cleanly(capsys, search_args(db, "--task-option", "seq_len=1000000000000", study="new"),
+                  "does not fit in memory", "lower the sizes")
+    assert stored(db) == before
+
+
+def test_export_into_a_read_only_folder(capsys, made, tmp_path):
+    out = tmp_path / "ro_out"
+    out.mkdir()
+    if not (shutil.which("chattr") and subprocess.run(["chattr", "+i", str(out)], capture_output=True).returncode == 0):
+        pytest.skip("needs chattr +i (root ignores permission bits) on this file system")
+    try:
+        fails_cleanly(capsys, ["export", "t", "--storage", f"sqlite:///{made}", "--out", str(out)],
+                      "cannot write", "--out")
+        assert list(out.iterdir()) == []
+    finally:
+        subprocess.run(["chattr", "-i", str(out)], check=True)
+
+
+def test_show_top_must_be_positive(capsys, db):
+    fails_cleanly(capsys, ["show", "t", "--storage", f"sqlite:///{db}", "--top=-1"], "--top")

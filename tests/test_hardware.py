@@ -11,6 +11,7 @@ import time
 import pytest
 import torch
 
+from evaluators.errors import DeviceOutOfMemory
 from evaluators.hardware import (
     LatencyResult,
     MemoryResult,
@@ -283,12 +284,39 @@ def test_flops_is_an_estimate_that_scales() -> None:
     assert 0 < small < big
 
 
+class _RaisesOnForward(torch.nn.Module):
+    def __init__(self, error: BaseException) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.error = error
+
+    def forward(self, *args):
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"),
+                                   RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate")])
+def test_measurements_turn_out_of_memory_into_a_trial_failure(error) -> None:
+    for measure_fn in (measure_latency, measure_memory):
+        with pytest.raises(DeviceOutOfMemory, match=r"out of memory during (latency|memory) measurement on cpu.* at batch 2, length 8"):
+            measure_fn(_RaisesOnForward(error), batch_size=2, seq_len=8, vocab_size=16, device="cpu")
+
+
+def test_measurements_let_other_errors_through() -> None:
+    with pytest.raises(RuntimeError, match="shape mismatch") as info:
+        measure_latency(_RaisesOnForward(RuntimeError("shape mismatch")), batch_size=2, seq_len=8,
+                        vocab_size=16, device="cpu")
+    assert not isinstance(info.value, DeviceOutOfMemory)
+
+
 # ---- CUDA ---------------------------------------------------------------------------
 @needs_cuda
 def test_cuda_latency_events_and_device_name() -> None:
     model = full_model(64, 2)
     r = measure_latency(model, batch_size=8, seq_len=64, vocab_size=64, device="cuda",
-                        warmup=3, repeats=10, min_time_s=0.0)
+                        warmup=3, repeats=10, min_time_s=0.0, max_time_s=5.0)
+    # (max_time_s: the first pass in a fresh process sets up cuBLAS and loads kernels,
+    # which may take longer than the 0.5 s default ceiling and cut the repeats short.)
     assert r.median_ms > 0 and len(r.samples) >= 10
     assert r.clock == "cuda-events" and r.wall_median_ms > 0
     assert r.device == torch.cuda.get_device_name(0)

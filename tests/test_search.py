@@ -693,3 +693,141 @@ def test_unknown_on_refusal_is_refused_before_anything_is_stored(tmp_path):
     with pytest.raises(SearchError, match="--on-refusal must be one of fresh, extend"):
         Search(tiny_config(tmp_path, on_refusal="grow"), log=io.StringIO())
     assert not (tmp_path / "t.db").exists()
+
+
+def _oom_for_two_layers(real):
+    def out_of_memory(*args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+
+    def measure_latency(model, **kw):
+        if len(model.spec.layers) == 2:
+            model.forward = out_of_memory  # what measure_latency runs hits the device's limit
+        return real(model, **kw)
+    return measure_latency
+
+
+def test_out_of_memory_while_measuring_fails_that_candidate_and_the_search_goes_on(tmp_path, monkeypatch):
+    # Two-layer candidates run out of memory when measured. The evolution's budget check
+    # measures candidates while Optuna starts a trial, outside what study.optimize
+    # catches: there it must count as a refusal, not end the search.
+    import nas.objective
+
+    monkeypatch.setattr(nas.objective, "measure_latency", _oom_for_two_layers(nas.objective.measure_latency))
+    cfg = tiny_config(tmp_path, trials=8, pruner="none")
+    Search(cfg, log=io.StringIO()).run(progress=False)
+    study = optuna.load_study(study_name="t", storage=cfg.storage)
+    states = [t.state for t in study.trials]
+    assert optuna.trial.TrialState.RUNNING not in states
+    assert states.count(optuna.trial.TrialState.COMPLETE) + states.count(optuna.trial.TrialState.PRUNED) == 8
+    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert failed  # the enqueued two-layer vanilla transformer is not checked: it fails when measured
+    for t in failed:
+        assert t.params["depth"] == 2
+        assert t.user_attrs["failure"] == "out_of_memory"
+        assert "building" not in t.user_attrs["failure_message"] and "measurement" in t.user_attrs["failure_message"]
+    assert all(t.params["depth"] == 1 for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE)
+    assert any("check" in t.system_attrs["evolution:refused"] for t in study.trials)
+
+
+def test_a_failed_trial_gives_its_model_back_before_the_next_one(tmp_path, monkeypatch):
+    import gc
+    import weakref
+
+    from evaluators.errors import DeviceOutOfMemory
+
+    models = []
+
+    def train(self, *args, **kwargs):
+        models.append(weakref.ref(self.model))
+        raise DeviceOutOfMemory("out of memory on cuda during training step 1 (simulated)")
+
+    monkeypatch.setattr(Trainer, "train", train)
+    alive_after = []
+    gc.disable()  # no routine collection: only the search's own may free the model
+    try:
+        Search(tiny_config(tmp_path, trials=1)).run(
+            progress=False, on_trial=lambda study, trial: alive_after.append(models[-1]() is not None))
+    finally:
+        gc.enable()
+    assert alive_after and not any(alive_after)
+
+
+def test_measure_dtype_is_what_every_measurement_ran_in_and_part_of_the_study(tmp_path):
+    import json
+    import sqlite3
+
+    cfg = tiny_config(tmp_path, trials=2, pruner="none", measure_dtype="bfloat16")
+    Search(cfg, log=io.StringIO()).run(progress=False)
+    db = tmp_path / "t.db"
+    rows = sqlite3.connect(db).execute("SELECT dtype, latency, memory FROM nas_measurements").fetchall()
+    assert rows
+    for dtype, latency, memory in rows:
+        assert dtype == "bfloat16" and json.loads(latency)["dtype"] == "bfloat16"
+        assert memory is None or json.loads(memory)["dtype"] == "bfloat16"
+    study = optuna.load_study(study_name="t", storage=cfg.storage)
+    assert study.user_attrs["nas:config"]["measure_dtype"] == "bfloat16"
+    n = len(study.trials)
+    # Resumed without asking: the study's own dtype. Asked for another: refused, nothing run.
+    Search(tiny_config(tmp_path, trials=3, pruner="none"), log=io.StringIO()).run(progress=False)
+    assert {r[0] for r in sqlite3.connect(db).execute("SELECT dtype FROM nas_measurements")} == {"bfloat16"}
+    with pytest.raises(SearchError, match='measure_dtype: stored "bfloat16" vs asked "float32"'):
+        Search(tiny_config(tmp_path, trials=4, measure_dtype="float32"), log=io.StringIO())
+    assert len(optuna.load_study(study_name="t", storage=cfg.storage).trials) == n + 1
+
+
+def test_a_study_stored_before_the_measure_dtype_resumes_in_float32(tmp_path):
+    cfg = tiny_config(tmp_path, trials=1, pruner="none")
+    Search(cfg, log=io.StringIO()).run(progress=False)
+    study = optuna.load_study(study_name="t", storage=cfg.storage)
+    config = dict(study.user_attrs["nas:config"])
+    assert config.pop("measure_dtype") == "float32"  # auto, on the CPU
+    study.set_user_attr("nas:config", config)  # as studies made before the key was stored
+    Search(tiny_config(tmp_path, trials=2, pruner="none"), log=io.StringIO()).run(progress=False)
+    assert len(optuna.load_study(study_name="t", storage=cfg.storage).trials) == 2
+    with pytest.raises(SearchError, match='measure_dtype: stored "float32" vs asked "bfloat16"'):
+        Search(tiny_config(tmp_path, trials=3, measure_dtype="bfloat16"), log=io.StringIO())
+
+
+def test_measure_dtype_names():
+    from evaluators.hardware import DTYPE_NAMES, resolve_dtype
+    from nas.choices import MEASURE_DTYPES
+
+    assert MEASURE_DTYPES == DTYPE_NAMES
+    cpu = torch.device("cpu")
+    assert resolve_dtype("auto", cpu) is torch.float32
+    assert [resolve_dtype(n, cpu) for n in ("float32", "bfloat16", "float16")] == [
+        torch.float32, torch.bfloat16, torch.float16]
+    with pytest.raises(ValueError, match="unknown dtype 'fp8'"):
+        resolve_dtype("fp8", cpu)
+
+
+def test_ctrl_c_while_a_trial_is_sampled_leaves_no_trial_running(tmp_path, monkeypatch):
+    # Optuna creates the trial before the sampler runs; evolution's budget check then
+    # measures candidates. A Ctrl-C there used to leave the trial RUNNING with no
+    # heartbeat, and every later run waited on it as if another worker ran it.
+    calls = []
+
+    def interrupted(self, suggest):
+        calls.append(1)
+        raise KeyboardInterrupt
+
+    cfg = tiny_config(tmp_path, trials=4, pruner="none")
+    with monkeypatch.context() as m:
+        m.setattr(Objective, "within_budget", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            Search(cfg, log=io.StringIO()).run(progress=False)
+    assert calls == [1]
+    study = optuna.load_study(study_name="t", storage=cfg.storage)
+    by_state = {t.number: t.state for t in study.trials}
+    assert optuna.trial.TrialState.RUNNING not in by_state.values()
+    cut = study.trials[-1]
+    assert cut.state == optuna.trial.TrialState.FAIL and cut.user_attrs["failure"] == "interrupted"
+    assert cut.params == {}  # it was interrupted before it drew anything
+    log = io.StringIO()
+    t0 = time.perf_counter()
+    Search(cfg, log=log).run(progress=False)
+    assert "waiting for" not in log.getvalue() and time.perf_counter() - t0 < 60
+    study = optuna.load_study(study_name="t", storage=cfg.storage)
+    assert sum(t.state in FINISHED for t in study.trials) == 4
+    for number, state in by_state.items():  # what the first run finished is untouched
+        assert study.trials[number].state == state

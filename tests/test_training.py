@@ -170,6 +170,47 @@ def test_out_of_memory_raises_device_out_of_memory():
         t.evaluate()
 
 
+@pytest.mark.parametrize("message", [
+    "CUDA error: out of memory",
+    "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+])
+def test_allocation_failures_torch_raises_as_runtime_errors_are_out_of_memory(message):
+    # cuBLAS failing to allocate its handle surfaces as a plain RuntimeError, not
+    # torch.OutOfMemoryError: without the mapping it would end the whole search.
+    t = make()
+
+    def oom(*args, **kwargs):
+        raise RuntimeError(message)
+
+    t.model.forward = oom
+    with pytest.raises(DeviceOutOfMemory) as info:
+        t.train(1)
+    assert str(info.value.__cause__) == message
+
+
+def test_a_real_cpu_allocation_failure_is_out_of_memory():
+    t = make()
+
+    def huge(*args, **kwargs):
+        return torch.empty(2**62, dtype=torch.uint8)  # the CPU allocator refuses this
+
+    t.model.forward = huge
+    with pytest.raises(DeviceOutOfMemory, match="during training step 1"):
+        t.train(1)
+
+
+def test_other_runtime_errors_are_not_taken_for_out_of_memory():
+    t = make()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x8 and 16x8)")
+
+    t.model.forward = broken
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied") as info:
+        t.train(1)
+    assert not isinstance(info.value, TrialFailure)
+
+
 def test_out_of_memory_in_a_report_evaluation():
     t = make()
     evaluate = t.task.evaluate

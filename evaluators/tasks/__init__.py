@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from evaluators.errors import TaskError
+from evaluators.errors import TaskError, is_out_of_memory
 from evaluators.tasks.base import Batch, EvalResult, Task, TaskBase, mix_seed
 from evaluators.tasks.listops import ListOpsTask
 from evaluators.tasks.mqar import MQARTask
@@ -31,7 +31,13 @@ def get_task(name: str, **options: Any) -> Task:
     cls = TASKS.get(name) if isinstance(name, str) else None
     if cls is None:
         raise TaskError(f"unknown task {name!r}; choose one of {available_tasks()}")
-    return cls(**options)
+    try:
+        return cls(**options)
+    except RuntimeError as e:  # the task's data is built here: options too large to fit
+        if not is_out_of_memory(e):
+            raise
+        raise TaskError(f"task {name}: its data does not fit in memory with options {options}; "
+                        f"lower the sizes (seq_len, vocab_size, n_valid, ...)") from None
 
 
 def task_defaults(name: str) -> dict[str, Any]:
