@@ -152,12 +152,21 @@ def _spec_from_params(space: SearchSpace, params: dict[str, Any], shape) -> Any:
     return space.sample(lambda name, choices: params[name], shape)
 
 
-def _describe_diff(stored: dict[str, Any], wanted: dict[str, Any]) -> str:
-    diffs = []
-    for key in IDENTITY_KEYS:
-        if stored.get(key) != wanted.get(key):
-            diffs.append(f"{key}: stored {json.dumps(stored.get(key), sort_keys=True)} vs asked {json.dumps(wanted.get(key), sort_keys=True)}")
-    return "; ".join(diffs)
+def _describe_diff(stored: dict[str, Any], wanted: dict[str, Any], shown: int = 3) -> str:
+    """The identity settings that differ, down to the innermost differing field
+    (`space.name`, `task.options.seq_len`), the first `shown` of them."""
+    diffs = [d for key in IDENTITY_KEYS for d in _field_diffs(key, stored.get(key), wanted.get(key))]
+    more = f"; and {len(diffs) - shown} more" if len(diffs) > shown else ""
+    return "; ".join(diffs[:shown]) + more
+
+
+def _field_diffs(name: str, stored: Any, wanted: Any) -> list[str]:
+    if isinstance(stored, dict) and isinstance(wanted, dict):
+        keys = sorted(set(stored) | set(wanted), key=lambda k: (k != "name", k))  # a name says the most: first
+        return [d for k in keys for d in _field_diffs(f"{name}.{k}", stored.get(k), wanted.get(k))]
+    if stored == wanted:
+        return []
+    return [f"{name}: stored {json.dumps(stored, sort_keys=True)} vs asked {json.dumps(wanted, sort_keys=True)}"]
 
 
 class Search:

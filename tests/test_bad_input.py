@@ -223,9 +223,9 @@ def test_corrupt_database_truncated(capsys, db):
 
 
 @pytest.mark.parametrize("change, expect", [
-    (("--task-option", "num_kv_pairs=2", "num_kv_pairs=3"), "task: stored"),
-    (("--space", "tiny", "default"), "space: stored"),
-    (("--latency-ms", "1000", "999"), "budget: stored"),
+    (("--task-option", "num_kv_pairs=2", "num_kv_pairs=3"), "task.options.num_kv_pairs: stored 2 vs asked 3"),
+    (("--space", "tiny", "default"), "space.name: stored \"tiny\" vs asked \"default\""),
+    (("--latency-ms", "1000", "999"), "budget.latency_ms: stored 1000.0 vs asked 999.0"),
     (("--device", None, "cpu"), None),  # same device: accepted (checked below without running trials)
 ], ids=["task", "space", "budget", "device-same"])
 def test_study_remembers_its_settings(capsys, db, change, expect):

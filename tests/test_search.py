@@ -831,3 +831,16 @@ def test_ctrl_c_while_a_trial_is_sampled_leaves_no_trial_running(tmp_path, monke
     assert sum(t.state in FINISHED for t in study.trials) == 4
     for number, state in by_state.items():  # what the first run finished is untouched
         assert study.trials[number].state == state
+
+
+def test_a_settings_refusal_names_the_fields_that_differ_and_stays_short():
+    from nas.search import _describe_diff
+
+    stored = {"space": {"name": "tiny", "definition": {"depth": [1, 2], "d_model": [16], "heads": [1, 2]}},
+              "task": {"name": "mqar", "options": {"seq_len": 16}}, "stages": [4, 8]}
+    wanted = {"space": {"name": "tiny", "definition": {"depth": [1, 2, 3], "d_model": [16], "heads": [1, 2]}},
+              "task": {"name": "mqar", "options": {"seq_len": 32}}, "stages": [4, 8]}
+    assert _describe_diff(stored, wanted) == (
+        "task.options.seq_len: stored 16 vs asked 32; space.definition.depth: stored [1, 2] vs asked [1, 2, 3]")
+    wanted["stages"], wanted["space"]["name"] = [8], "other"
+    assert _describe_diff(stored, wanted).endswith("; and 1 more")
