@@ -799,6 +799,14 @@ def test_measure_dtype_names():
         torch.float32, torch.bfloat16, torch.float16]
     with pytest.raises(ValueError, match="unknown dtype 'fp8'"):
         resolve_dtype("fp8", cpu)
+    # auto on a GPU: bfloat16 where it runs natively (Ampere and later), float32 where it
+    # would be emulated (asked with including_emulation=False).
+    from unittest import mock
+
+    for native, expected in ((True, torch.bfloat16), (False, torch.float32)):
+        with mock.patch("torch.cuda.is_bf16_supported", return_value=native) as asked:
+            assert resolve_dtype("auto", torch.device("cuda")) is expected
+        assert asked.call_args.kwargs == {"including_emulation": False}
 
 
 def test_ctrl_c_while_a_trial_is_sampled_leaves_no_trial_running(tmp_path, monkeypatch):
