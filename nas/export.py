@@ -352,7 +352,7 @@ def resolve_study(study: str, storage: str | None = None) -> tuple[str, str | No
         path = sqlite_path(study)
         if path is not None and not has_optuna_schema(path):
             raise NasError(f"{path} is not a study database (no Optuna tables); check the URL")
-        names = [s.study_name for s in open_storage(study, heartbeat=False).get_all_studies()]
+        names = [s.study_name for s in open_storage(study, heartbeat=False, read_only=True).get_all_studies()]
         if len(names) != 1:
             raise NasError(f"{redact(study)} holds {len(names)} studies ({', '.join(names) or 'none'}); "
                            f"name one: load_best(NAME, storage=URL) or nas export NAME --storage URL")

@@ -28,17 +28,18 @@ def open_study(study: str, storage: str | None = None) -> optuna.Study:
     path = sqlite_path(url)
     if path is not None and not path.exists():
         raise NasError(f"no study {study!r}: {path} does not exist; run nas search --study {study} first or pass --storage")
-    check_storage(url)
+    check_storage(url, read_only=True)
     if path is not None and not has_optuna_schema(path):
         raise NasError(f"no study {study!r}: {path} is not a study database (no Optuna tables); check --storage")
-    st = open_storage(url, heartbeat=False)
+    st = open_storage(url, heartbeat=False, read_only=True)
     names = [s.study_name for s in st.get_all_studies()]
     if study not in names:
         raise NasError(f"no study {study!r} in {redact(url)}; studies there: {', '.join(names) or 'none'}")
     return optuna.load_study(study_name=study, storage=st)
 
 
-def show(study: optuna.Study, *, top: int = 10, out: TextIO = sys.stdout) -> None:
+def show(study: optuna.Study, *, top: int = 10, out: TextIO | None = None) -> None:
+    out = sys.stdout if out is None else out  # looked up now: a redirected stdout is honoured
     print(summary_table(study, top=top), file=out)
     print(budget_line(study), file=out)
     front = pareto_front(study)

@@ -97,10 +97,11 @@ def driver_url(url: str) -> str:
     return url
 
 
-def check_storage(url: str, *, must_exist: bool = False) -> None:
+def check_storage(url: str, *, must_exist: bool = False, read_only: bool = False) -> None:
     """Refuse, with one clear line, a storage that cannot work: a sqlite file in a
-    folder that does not exist or is read-only, or a file that is not a sound
-    SQLite database. Nothing is created or changed by the check."""
+    folder that does not exist or is read-only (unless the caller only reads,
+    `read_only`), or a file that is not a sound SQLite database. Nothing is
+    created or changed by the check."""
     path = sqlite_path(url)
     if path is None:
         if _in_memory_sqlite(url):
@@ -124,7 +125,7 @@ def check_storage(url: str, *, must_exist: bool = False) -> None:
             ok = _quick_check(path)
             if ok != "ok":
                 raise StorageError(f"database file {path} failed its integrity check ({ok}); restore it from a copy or pass another --storage")
-        if not os.access(path, os.W_OK) or not os.access(folder, os.W_OK):
+        if not read_only and (not os.access(path, os.W_OK) or not os.access(folder, os.W_OK)):
             raise StorageError(f"database file {path} or its folder is read-only; make it writable or pass another --storage")
     else:
         if must_exist:
@@ -259,13 +260,15 @@ def serialize_sqlite_writes(engine: Engine) -> None:
     engine._nas_immediate = True  # type: ignore[attr-defined]
 
 
-def open_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.RDBStorage:
+def open_storage(url: str, *, heartbeat: bool = True, read_only: bool = False) -> optuna.storages.RDBStorage:
     """Optuna's RDB storage on `url`, with heartbeats so a killed worker's trial is
-    detected (after GRACE_PERIOD s) and retried with the same parameters."""
-    check_storage(url)
+    detected (after GRACE_PERIOD s) and retried with the same parameters.
+    `read_only`: for a caller that only reads an existing study (nas show, nas
+    export): a read-only SQLite file is accepted and nothing is set on it."""
+    check_storage(url, read_only=read_only)
     path = sqlite_path(url)
     engine_kwargs: dict = {}
-    if path is not None:
+    if path is not None and not (read_only and path.exists() and not os.access(path, os.W_OK)):
         _set_journal_mode(path)
         # Wait for a lock rather than fail at once; writers are short.
         engine_kwargs = sqlite_engine_options()
@@ -284,7 +287,7 @@ def open_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.RDBStor
                 )
             storage = retry_schema_race(
                 lambda: optuna.storages.RDBStorage(driver_url(url), engine_kwargs=dict(engine_kwargs), **kwargs))
-        if path is not None:
+        if path is not None and not read_only:
             serialize_sqlite_writes(storage.engine)
             storage.engine.dispose()  # connections made before the hook: drop them
         return storage

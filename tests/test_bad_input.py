@@ -364,3 +364,19 @@ def test_export_into_a_read_only_folder(capsys, made, tmp_path):
 
 def test_show_top_must_be_positive(capsys, db):
     fails_cleanly(capsys, ["show", "t", "--storage", f"sqlite:///{db}", "--top=-1"], "--top")
+
+
+def test_show_reads_a_read_only_database(capsys, made, tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    shutil.copy(made, folder / "t.db")
+    before = stored(folder / "t.db")
+    if not (shutil.which("chattr") and subprocess.run(["chattr", "+i", str(folder / "t.db"), str(folder)],
+                                                      capture_output=True).returncode == 0):
+        pytest.skip("needs chattr +i (root ignores permission bits) on this file system")
+    try:
+        assert main(["show", "t", "--storage", f"sqlite:///{folder / 't.db'}"]) == 0
+        assert "training steps spent" in capsys.readouterr().out
+    finally:
+        subprocess.run(["chattr", "-i", str(folder / "t.db"), str(folder)], check=True)
+    assert stored(folder / "t.db") == before
