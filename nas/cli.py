@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trial", type=int)
     p.add_argument("--out", default=None, help="output folder (default exports/STUDY)")
     p.add_argument("--retrain", type=int, metavar="STEPS", help="train the architecture for STEPS steps first")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="with --retrain: where to train (auto | cpu | cuda)")
     return parser
 
 

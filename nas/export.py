@@ -441,6 +441,9 @@ def export(study_name: str, *, storage: str | None = None, trial: int | None = N
     before the first file is written, so a refused export leaves nothing behind."""
     from nas.storage import default_url
 
+    if retrain is None and device != "auto":
+        raise NasError(f"--device {device} has no effect without --retrain (the weights are the search's); "
+                       f"drop it, or pass --retrain STEPS to train on that device")
     study_name, storage = resolve_study(study_name, storage)
     check_study_name(study_name)  # the name goes into model.py's docstring: plain characters only
     url = storage or default_url(study_name)

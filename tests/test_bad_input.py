@@ -380,3 +380,9 @@ def test_show_reads_a_read_only_database(capsys, made, tmp_path):
     finally:
         subprocess.run(["chattr", "-i", str(folder / "t.db"), str(folder)], check=True)
     assert stored(folder / "t.db") == before
+
+
+def test_export_device_without_retrain_is_refused(capsys, made, tmp_path):
+    fails_cleanly(capsys, ["export", "t", "--storage", f"sqlite:///{made}", "--device", "foo", "--out", str(tmp_path / "x")],
+                  "--device foo has no effect without --retrain")
+    assert not (tmp_path / "x").exists()
