@@ -82,6 +82,7 @@ import torch
 from torch import Tensor, nn
 
 from evaluators.errors import out_of_memory_as_trial_failure
+from evaluators.tasks.base import native_bf16
 from search_spaces.model import count_parameters
 
 __all__ = [
@@ -258,8 +259,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     is bfloat16 on a CUDA device that supports it (what training uses there, and how
     such a model is usually served) and float32 elsewhere."""
     if name == "auto":
-        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
-        return torch.bfloat16 if bf16 else torch.float32
+        return torch.bfloat16 if native_bf16(device) else torch.float32
     if name not in DTYPE_NAMES:
         raise ValueError(f"unknown dtype {name!r}; use one of {', '.join(DTYPE_NAMES)}")
     return getattr(torch, name)

@@ -788,6 +788,7 @@ def test_a_study_stored_before_the_measure_dtype_resumes_in_float32(tmp_path):
         Search(tiny_config(tmp_path, trials=3, measure_dtype="bfloat16"), log=io.StringIO())
 
 
+@pytest.mark.filterwarnings("ignore:CUDA is not available")  # autocast on "cuda" built on a CPU-only machine
 def test_measure_dtype_names():
     from evaluators.hardware import DTYPE_NAMES, resolve_dtype
     from nas.choices import MEASURE_DTYPES
@@ -799,14 +800,20 @@ def test_measure_dtype_names():
         torch.float32, torch.bfloat16, torch.float16]
     with pytest.raises(ValueError, match="unknown dtype 'fp8'"):
         resolve_dtype("fp8", cpu)
-    # auto on a GPU: bfloat16 where it runs natively (Ampere and later), float32 where it
-    # would be emulated (asked with including_emulation=False).
+    # auto on a GPU: bfloat16 where it runs natively (compute capability 8.0 on), float32
+    # where it would be emulated; training's autocast follows the same rule.
     from unittest import mock
 
-    for native, expected in ((True, torch.bfloat16), (False, torch.float32)):
-        with mock.patch("torch.cuda.is_bf16_supported", return_value=native) as asked:
+    from evaluators.tasks.base import _native_bf16, autocast
+
+    for capability, expected in (((9, 0), torch.bfloat16), ((8, 0), torch.bfloat16), ((7, 5), torch.float32)):
+        _native_bf16.cache_clear()
+        with mock.patch("torch.cuda.get_device_capability", return_value=capability), \
+                mock.patch("torch.cuda.current_device", return_value=0):
             assert resolve_dtype("auto", torch.device("cuda")) is expected
-        assert asked.call_args.kwargs == {"including_emulation": False}
+            ctx = autocast(torch.device("cuda:1"))
+            assert (getattr(ctx, "fast_dtype", None) == torch.bfloat16) == (expected == torch.bfloat16)
+    _native_bf16.cache_clear()
 
 
 def test_ctrl_c_while_a_trial_is_sampled_leaves_no_trial_running(tmp_path, monkeypatch):

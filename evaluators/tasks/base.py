@@ -13,6 +13,7 @@ batched evaluation loop.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterator, Protocol, runtime_checkable
@@ -93,10 +94,25 @@ def generator(*parts: Any) -> torch.Generator:
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; nothing elsewhere (CPU runs in fp32)."""
-    if device.type == "cuda":
+    """bf16 autocast on a GPU that runs bf16 natively (Ampere and later); nothing
+    elsewhere: the CPU, and older GPUs (V100, T4), where bf16 would be emulated
+    (slower than fp32) and fp16 would need loss scaling, run in fp32."""
+    if native_bf16(device):
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` is a GPU that computes in bf16 natively (compute capability
+    8.0 or later: A100, H100, RTX 30xx and newer)."""
+    if device.type != "cuda":
+        return False
+    return _native_bf16(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _native_bf16(index: int) -> bool:  # asked once per GPU: autocast() runs every step
+    return torch.cuda.get_device_capability(index) >= (8, 0)
 
 
 def check_int(task: str, name: str, value: Any, minimum: int = 1, maximum: int | None = None) -> int:
