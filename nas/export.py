@@ -348,7 +348,7 @@ def resolve_study(study: str, storage: str | None = None) -> tuple[str, str | No
     """(study name, storage URL) from a study name (with an optional storage URL), or
     from a storage URL alone when that database holds exactly one study."""
     if storage is None and "://" in study:
-        check_storage(study, must_exist=True)
+        check_storage(study, must_exist=True, read_only=True)
         path = sqlite_path(study)
         if path is not None and not has_optuna_schema(path):
             raise NasError(f"{path} is not a study database (no Optuna tables); check the URL")

@@ -507,8 +507,14 @@ class Search:
                     time.sleep(WAIT_POLL_S)
                 else:
                     break
-        except KeyboardInterrupt:
-            _fail_if_running(study, started, "interrupted (Ctrl-C) while the trial was being sampled")
+        except BaseException as e:
+            # Optuna creates a trial before sampling it, outside its own error handling: a
+            # Ctrl-C or an error there would leave it RUNNING without a heartbeat.
+            if isinstance(e, KeyboardInterrupt):
+                _fail_if_running(study, started, "interrupted", "interrupted (Ctrl-C) while the trial was being sampled")
+            else:
+                _fail_if_running(study, started, "sampling_error", f"{type(e).__name__} while the trial was being "
+                                 f"sampled: {' '.join(str(e).split())}")
             raise
         bar.close()
         if idle(n) and not reached(n):
@@ -545,24 +551,25 @@ def _check_search_numbers(cfg: SearchConfig) -> None:
         raise SearchError(f"--measure-threads must be a positive integer, got {cfg.measure_threads}")
 
 
-def _record_trial_starts(storage: optuna.storages.BaseStorage) -> list[int]:
-    """A list that from now on holds the id of the last trial this process set
-    RUNNING through `storage` (a new trial, or a queued one it took): Optuna
-    creates the trial before the sampler runs, so a Ctrl-C while it samples would
-    otherwise leave it RUNNING with no heartbeat, for every later run to wait on."""
-    last: list[int] = []
+def _record_trial_starts(storage: optuna.storages.BaseStorage) -> list[tuple[int, bool]]:
+    """A list that from now on holds (id, taken from the queue) of the last trial
+    this process set RUNNING through `storage` (a new trial, or a queued one it
+    took): Optuna creates the trial before the sampler runs, so a Ctrl-C while it
+    samples would otherwise leave it RUNNING with no heartbeat, for every later run
+    to wait on."""
+    last: list[tuple[int, bool]] = []
     create, set_state = storage.create_new_trial, storage.set_trial_state_values
 
     def create_new_trial(study_id: int, template_trial: optuna.trial.FrozenTrial | None = None) -> int:
         trial_id = create(study_id, template_trial)
         if template_trial is None or template_trial.state == optuna.trial.TrialState.RUNNING:
-            last[:] = [trial_id]
+            last[:] = [(trial_id, False)]
         return trial_id
 
     def set_trial_state_values(trial_id: int, state: optuna.trial.TrialState, values: Any = None) -> bool:
         changed = set_state(trial_id, state, values)
         if changed and state == optuna.trial.TrialState.RUNNING:
-            last[:] = [trial_id]
+            last[:] = [(trial_id, True)]  # only a WAITING (queued) trial is set RUNNING this way
         return changed
 
     storage.create_new_trial = create_new_trial  # type: ignore[method-assign]
@@ -570,15 +577,26 @@ def _record_trial_starts(storage: optuna.storages.BaseStorage) -> list[int]:
     return last
 
 
-def _fail_if_running(study: optuna.Study, trial_ids: list[int], why: str) -> None:
-    """Fail those of `trial_ids` still RUNNING (a trial interrupted in its objective
-    is failed by Optuna already), recording `why`."""
+def _fail_if_running(study: optuna.Study, trials: list[tuple[int, bool]], reason: str, why: str) -> None:
+    """Fail those of `trials` still RUNNING (a trial interrupted in its objective is
+    failed by Optuna already), recording `reason` (the `failure` tag) and `why`. One taken from the queue (the warm
+    start, a dead worker's retry) is queued again, so its parameters still run."""
     storage = study._storage
-    for trial_id in trial_ids:
-        if storage.get_trial(trial_id).state == optuna.trial.TrialState.RUNNING:
-            storage.set_trial_user_attr(trial_id, "failure", "interrupted")
-            storage.set_trial_user_attr(trial_id, "failure_message", why)
-            storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+    for trial_id, queued in trials:
+        frozen = storage.get_trial(trial_id)
+        if frozen.state != optuna.trial.TrialState.RUNNING:
+            continue
+        storage.set_trial_user_attr(trial_id, "failure", reason)
+        storage.set_trial_user_attr(trial_id, "failure_message", why)
+        storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+        fixed = frozen.system_attrs.get("fixed_params")
+        if queued and fixed:
+            # What the queue held: its parameters, its own attrs (e.g. warm_start), and the
+            # retry marker Optuna's heartbeat retry put on it, so the tally counts it as one.
+            attrs = {k: v for k, v in frozen.user_attrs.items() if k not in ("failure", "failure_message")}
+            storage.create_new_trial(study._study_id, template_trial=optuna.trial.create_trial(
+                state=optuna.trial.TrialState.WAITING, params={}, distributions={}, user_attrs=attrs,
+                system_attrs={k: v for k, v in frozen.system_attrs.items() if k in ("fixed_params", "failed_trial")}))
 
 
 def _fail_stale_trials(study: optuna.Study) -> None:

@@ -121,17 +121,28 @@ def check_storage(url: str, *, must_exist: bool = False, read_only: bool = False
             head = f.read(len(SQLITE_MAGIC))
         if head and head != SQLITE_MAGIC:
             raise StorageError(f"database file {path} is not an SQLite database (corrupt or another format); move it away or pass another --storage")
+        folder_writable = os.access(folder, os.W_OK)
+        if head and read_only and not folder_writable and _wal_mode(path) and not path.with_name(path.name + "-shm").exists():
+            raise StorageError(f"database file {path} is in WAL mode and its folder is read-only, so SQLite cannot "
+                               f"open it; copy it to a writable folder and pass that --storage")
         if head:
             ok = _quick_check(path)
             if ok != "ok":
                 raise StorageError(f"database file {path} failed its integrity check ({ok}); restore it from a copy or pass another --storage")
-        if not read_only and (not os.access(path, os.W_OK) or not os.access(folder, os.W_OK)):
+        if not read_only and (not os.access(path, os.W_OK) or not folder_writable):
             raise StorageError(f"database file {path} or its folder is read-only; make it writable or pass another --storage")
     else:
         if must_exist:
             raise StorageError(f"no database at {path}; check the study name or --storage")
         if not os.access(folder, os.W_OK):
             raise StorageError(f"storage folder {folder} is read-only; make it writable or pass another --storage")
+
+
+def _wal_mode(path: Path) -> bool:
+    """Whether the SQLite file's header says WAL journal (its read/write format bytes are 2)."""
+    with open(path, "rb") as f:
+        header = f.read(20)
+    return len(header) == 20 and header[18] == 2 and header[19] == 2
 
 
 def _in_memory_sqlite(url: str) -> bool:
@@ -145,11 +156,15 @@ def has_optuna_schema(path: Path) -> bool:
     `open_storage`: fine for a search, not for commands that only read)."""
     if path.stat().st_size == 0:
         return False
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)
     try:
-        names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    finally:
-        con.close()
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)
+        try:
+            names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as e:
+        raise StorageError(f"database file {path} cannot be read ({' '.join(str(e).split())}); "
+                           f"retry when no other process holds it, or pass another --storage") from None
     return {"studies", "trials", "version_info"} <= names
 
 
@@ -268,7 +283,7 @@ def open_storage(url: str, *, heartbeat: bool = True, read_only: bool = False) -
     check_storage(url, read_only=read_only)
     path = sqlite_path(url)
     engine_kwargs: dict = {}
-    if path is not None and not (read_only and path.exists() and not os.access(path, os.W_OK)):
+    if path is not None and not read_only:
         _set_journal_mode(path)
         # Wait for a lock rather than fail at once; writers are short.
         engine_kwargs = sqlite_engine_options()

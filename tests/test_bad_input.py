@@ -386,3 +386,40 @@ def test_export_device_without_retrain_is_refused(capsys, made, tmp_path):
     fails_cleanly(capsys, ["export", "t", "--storage", f"sqlite:///{made}", "--device", "foo", "--out", str(tmp_path / "x")],
                   "--device foo has no effect without --retrain")
     assert not (tmp_path / "x").exists()
+
+
+def _immutable(*paths: Path) -> bool:
+    return bool(shutil.which("chattr")) and subprocess.run(["chattr", "+i", *map(str, paths)],
+                                                           capture_output=True).returncode == 0
+
+
+def test_export_by_url_reads_a_read_only_database(made, tmp_path):
+    from nas.export import resolve_study
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    shutil.copy(made, folder / "t.db")
+    if not _immutable(folder / "t.db", folder):
+        pytest.skip("needs chattr +i (root ignores permission bits) on this file system")
+    try:
+        assert resolve_study(f"sqlite:///{folder / 't.db'}") == ("t", f"sqlite:///{folder / 't.db'}")
+    finally:
+        subprocess.run(["chattr", "-i", str(folder / "t.db"), str(folder)], check=True)
+
+
+def test_a_wal_database_in_a_read_only_folder_is_one_clear_line(capsys, made, tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    shutil.copy(made, folder / "t.db")
+    con = sqlite3.connect(folder / "t.db")
+    assert con.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal"
+    con.close()  # the last connection: -wal and -shm go, the header stays in WAL mode
+    before = (folder / "t.db").read_bytes()  # (a read-only SQLite connection would leave a -shm behind)
+    assert sorted(p.name for p in folder.iterdir()) == ["t.db"]
+    if not _immutable(folder / "t.db", folder):
+        pytest.skip("needs chattr +i (root ignores permission bits) on this file system")
+    try:
+        fails_cleanly(capsys, ["show", "t", "--storage", f"sqlite:///{folder / 't.db'}"], "WAL mode", "writable folder")
+    finally:
+        subprocess.run(["chattr", "-i", str(folder / "t.db"), str(folder)], check=True)
+    assert (folder / "t.db").read_bytes() == before

@@ -859,3 +859,46 @@ def test_a_settings_refusal_names_the_fields_that_differ_and_stays_short():
         "task.options.seq_len: stored 16 vs asked 32; space.definition.depth: stored [1, 2] vs asked [1, 2, 3]")
     wanted["stages"], wanted["space"]["name"] = [8], "other"
     assert _describe_diff(stored, wanted).endswith("; and 1 more")
+
+
+def test_an_error_while_a_trial_is_sampled_fails_that_trial_and_is_raised(tmp_path, monkeypatch):
+    def broken(self, suggest):
+        raise RuntimeError("cuDNN error: CUDNN_STATUS_EXECUTION_FAILED")
+
+    cfg = tiny_config(tmp_path, trials=4, pruner="none")
+    monkeypatch.setattr(Objective, "within_budget", broken)
+    with pytest.raises(RuntimeError, match="CUDNN_STATUS_EXECUTION_FAILED"):
+        Search(cfg, log=io.StringIO()).run(progress=False)
+    trials = optuna.load_study(study_name="t", storage=cfg.storage).trials
+    assert optuna.trial.TrialState.RUNNING not in [t.state for t in trials]
+    assert trials[-1].user_attrs["failure"] == "sampling_error"
+    assert "CUDNN_STATUS_EXECUTION_FAILED" in trials[-1].user_attrs["failure_message"]
+
+
+def test_ctrl_c_while_the_warm_start_is_sampled_queues_it_again(tmp_path, monkeypatch):
+    from nas.evolution import EvolutionSampler
+
+    real = EvolutionSampler._plan_of
+    calls = []
+
+    def plan_of(self, study, trial):
+        calls.append(trial.number)
+        if trial.number == 0:
+            raise KeyboardInterrupt
+        return real(self, study, trial)
+
+    cfg = tiny_config(tmp_path, trials=3, pruner="none")
+    with monkeypatch.context() as m:
+        m.setattr(EvolutionSampler, "_plan_of", plan_of)
+        with pytest.raises(KeyboardInterrupt):
+            Search(cfg, log=io.StringIO()).run(progress=False)
+    trials = optuna.load_study(study_name="t", storage=cfg.storage).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING]
+    assert trials[0].user_attrs["failure"] == "interrupted"
+    assert trials[1].system_attrs["fixed_params"] == trials[0].system_attrs["fixed_params"]
+    assert trials[1].user_attrs["warm_start"] == "vanilla transformer"
+    Search(cfg, log=io.StringIO()).run(progress=False)
+    trials = optuna.load_study(study_name="t", storage=cfg.storage).trials
+    warm = [t for t in trials if t.user_attrs.get("warm_start") and t.state in FINISHED]
+    assert len(warm) == 1 and warm[0].params == trials[0].system_attrs["fixed_params"]
+    assert sum(t.state in FINISHED for t in trials) == 3
