@@ -270,7 +270,7 @@ def _check_dtype(dtype: torch.dtype) -> None:
         raise ValueError(f"dtype {dtype} is not supported; use torch.float32, torch.bfloat16 or torch.float16")
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
+def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
@@ -498,7 +498,7 @@ def measure_latency(
         device=label,
         batch_size=batch_size,
         seq_len=seq_len,
-        dtype=_dtype_name(dtype),
+        dtype=dtype_name(dtype),
         padding=padding,
         warmup=warmup,
         clock=clock_name,
@@ -671,7 +671,7 @@ def measure_memory(
         device=label,
         batch_size=batch_size,
         seq_len=seq_len,
-        dtype=_dtype_name(dtype),
+        dtype=dtype_name(dtype),
         param_bytes=int(param_bytes),
     )
 

@@ -11,7 +11,7 @@ class NasError(ValueError):
     """A request nas cannot carry out as asked (unknown study, no feasible trial, ...)."""
 
 
-# SearchError and StorageError (nas.search, nas.storage) are ValueErrors too.
+# SearchError (nas.search) is a ValueError too; StorageError (nas.storage) a NasError.
 USER_ERRORS: tuple[type[BaseException], ...] = (NasError, TaskError, SpaceError, SpecError, ValueError)
 
 

@@ -32,7 +32,7 @@ import torch
 from nas.errors import NasError
 from nas.results import best_feasible, is_feasible
 from nas.show import open_study
-from nas.storage import check_storage, check_study_name, has_optuna_schema, open_storage, redact, sqlite_path
+from nas.storage import check_study_name, open_storage, redact
 from nas.tables import Tables
 from search_spaces import ArchSpec, LayerSpec, SpecError, build_model
 from search_spaces.arch_spec import KNOBS
@@ -348,10 +348,6 @@ def resolve_study(study: str, storage: str | None = None) -> tuple[str, str | No
     """(study name, storage URL) from a study name (with an optional storage URL), or
     from a storage URL alone when that database holds exactly one study."""
     if storage is None and "://" in study:
-        check_storage(study, must_exist=True, read_only=True)
-        path = sqlite_path(study)
-        if path is not None and not has_optuna_schema(path):
-            raise NasError(f"{path} is not a study database (no Optuna tables); check the URL")
         names = [s.study_name for s in open_storage(study, heartbeat=False, read_only=True).get_all_studies()]
         if len(names) != 1:
             raise NasError(f"{redact(study)} holds {len(names)} studies ({', '.join(names) or 'none'}); "

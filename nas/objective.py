@@ -25,7 +25,7 @@ import torch
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 
 from evaluators.errors import TrialFailure, out_of_memory_as_trial_failure
-from evaluators.hardware import measure_latency, measure_memory
+from evaluators.hardware import dtype_name, measure_latency, measure_memory
 from evaluators.tasks.base import Task
 from evaluators.training import Trainer
 from nas.hurdles import STAGE_METRICS_ATTR, ProgressiveHurdlePruner
@@ -90,7 +90,7 @@ def measure_key(spec: ArchSpec, *, device: torch.device, batch_size: int, thread
                 dtype: torch.dtype = torch.float32) -> MeasureKey:
     """The measurement cache's key: architecture, device (and CPU threads), shapes, dtype."""
     return MeasureKey(spec.content_hash(), device_key(device, threads), batch_size, spec.max_seq_len,
-                      str(dtype).split(".")[-1])
+                      dtype_name(dtype))
 
 
 _SMALLER = "treat the candidate as over budget: give a --memory-mb budget or a smaller space"
@@ -112,7 +112,7 @@ def measure(spec: ArchSpec, *, device: torch.device, batch_size: int, tables: Ta
                 return Measurement(lat, mem, cached=True, seconds=0.0)
     t0 = time.perf_counter()
     torch.manual_seed(seed)
-    with out_of_memory_as_trial_failure(f"building the model on {device} to measure it", _SMALLER):
+    with out_of_memory_as_trial_failure(f"building the model on {device} to measure it", _SMALLER, device):
         model = build_model(spec).to(device).eval()
     kw = dict(batch_size=batch_size, seq_len=spec.max_seq_len, vocab_size=spec.vocab_size, device=device, dtype=dtype)
     cached = lat is not None
@@ -263,7 +263,7 @@ class Objective:
 
         # 3. Train in stages; each stage's fitness goes to the pruner (the hurdles).
         torch.manual_seed(self.seed)
-        with out_of_memory_as_trial_failure(f"building the model on {self.device} to train it", _SMALLER):
+        with out_of_memory_as_trial_failure(f"building the model on {self.device} to train it", _SMALLER, self.device):
             model = build_model(spec).to(self.device)
             trainer = Trainer(model, self.task, max_steps=self.stages[-1], device=self.device, seed=self.seed,
                               **self.train_options)

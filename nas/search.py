@@ -26,7 +26,7 @@ import optuna
 import torch
 
 from evaluators.errors import TaskError, TrialFailure
-from evaluators.hardware import default_threads, resolve_device, resolve_dtype
+from evaluators.hardware import default_threads, dtype_name, resolve_device, resolve_dtype
 from evaluators.tasks import get_task
 from nas.choices import make_pruner, make_sampler
 from nas.evolution import ON_REFUSAL
@@ -241,7 +241,7 @@ class Search:
             "device": device_key(self.device, self.threads),
             "stages": list(self.stages),
             "measure_batch": self.task.batch_size,
-            "measure_dtype": str(self.dtype).removeprefix("torch."),
+            "measure_dtype": dtype_name(self.dtype),
         }
 
     def _study_exists(self) -> bool:
@@ -261,7 +261,7 @@ class Search:
                 raise SearchError(f"study {cfg.study!r} in {redact(self.url)} was not made by nas (no {CONFIG_ATTR}); pick another --study name")
             stored = {**STORED_DEFAULTS, **stored}
             if cfg.measure_dtype == "auto":  # not asked for: keep the study's
-                self.dtype = getattr(torch, stored["measure_dtype"])
+                self.dtype = resolve_dtype(stored["measure_dtype"], self.device)
             budget = Budget(
                 cfg.latency_ms if cfg.latency_ms is not None else stored["budget"]["latency_ms"],
                 cfg.memory_mb if cfg.memory_mb is not None else stored["budget"]["memory_mb"],
@@ -594,8 +594,8 @@ def _fail_if_running(study: optuna.Study, trials: list[tuple[int, bool]], reason
             # What the queue held: its parameters, its own attrs (e.g. warm_start), and the
             # retry marker Optuna's heartbeat retry put on it, so the tally counts it as one.
             attrs = {k: v for k, v in frozen.user_attrs.items() if k not in ("failure", "failure_message")}
-            storage.create_new_trial(study._study_id, template_trial=optuna.trial.create_trial(
-                state=optuna.trial.TrialState.WAITING, params={}, distributions={}, user_attrs=attrs,
+            study.add_trial(optuna.trial.create_trial(
+                state=optuna.trial.TrialState.WAITING, user_attrs=attrs,
                 system_attrs={k: v for k, v in frozen.system_attrs.items() if k in ("fixed_params", "failed_trial")}))
 
 

@@ -18,7 +18,7 @@ from nas.hurdles import DEFAULT_MIN_TRIALS, signal_label
 from nas.search import BUDGET_ORIGIN_ATTR, CONFIG_ATTR, TRAIN_ATTR
 from nas.results import HEADER, _row, fitness, format_table, is_feasible, pareto_front, summary_table, total_steps_spent
 from nas.stage_signal import format_stage_signals, stage_signals
-from nas.storage import check_storage, default_url, has_optuna_schema, open_storage, redact, sqlite_path
+from nas.storage import default_url, open_storage, redact, sqlite_path
 
 
 def open_study(study: str, storage: str | None = None) -> optuna.Study:
@@ -28,9 +28,6 @@ def open_study(study: str, storage: str | None = None) -> optuna.Study:
     path = sqlite_path(url)
     if path is not None and not path.exists():
         raise NasError(f"no study {study!r}: {path} does not exist; run nas search --study {study} first or pass --storage")
-    check_storage(url, read_only=True)
-    if path is not None and not has_optuna_schema(path):
-        raise NasError(f"no study {study!r}: {path} is not a study database (no Optuna tables); check --storage")
     st = open_storage(url, heartbeat=False, read_only=True)
     names = [s.study_name for s in st.get_all_studies()]
     if study not in names:

@@ -20,6 +20,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError
 
+from nas.errors import NasError
+
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 SQLITE_MAGIC = b"SQLite format 3\x00"
 STUDIES_DIR = "studies"
@@ -42,7 +44,7 @@ T = TypeVar("T")
 _SCHEMA_RACE_SIGNS = ("already exists", "alembic_version", "pg_type_typname_nsp_index")
 
 
-class StorageError(ValueError):
+class StorageError(NasError):
     """A storage that cannot hold a study. The message names the fix."""
 
 
@@ -279,9 +281,13 @@ def open_storage(url: str, *, heartbeat: bool = True, read_only: bool = False) -
     """Optuna's RDB storage on `url`, with heartbeats so a killed worker's trial is
     detected (after GRACE_PERIOD s) and retried with the same parameters.
     `read_only`: for a caller that only reads an existing study (nas show, nas
-    export): a read-only SQLite file is accepted and nothing is set on it."""
-    check_storage(url, read_only=read_only)
+    export): the SQLite file must exist and hold Optuna's tables (a foreign file
+    is refused, not given them), a read-only one is accepted, and nothing is set
+    on it."""
+    check_storage(url, must_exist=read_only, read_only=read_only)
     path = sqlite_path(url)
+    if read_only and path is not None and not has_optuna_schema(path):
+        raise StorageError(f"{path} is not a study database (no Optuna tables); check --storage")
     engine_kwargs: dict = {}
     if path is not None and not read_only:
         _set_journal_mode(path)
