@@ -24,6 +24,7 @@ from typing import Any, Callable, TextIO
 
 import optuna
 import torch
+from optuna.storages._heartbeat import get_heartbeat_thread
 
 from evaluators.errors import TaskError, TrialFailure
 from evaluators.hardware import default_threads, dtype_name, resolve_device, resolve_dtype
@@ -429,9 +430,10 @@ class Search:
         inner = self.objective()
         study = self.load(inner)
         worker = f"{socket.gethostname()}:{os.getpid()}"
-        started = _record_trial_starts(study._storage)
+        started = _TrialStarts(study._storage)
 
         def objective(trial: optuna.Trial) -> float:
+            started.sampled()  # Optuna's own heartbeat runs from here on
             # Which process ran the trial: on a shared study, that is how a killed
             # worker's trial is traced (and how tests find the process to kill).
             trial.set_user_attr("worker", worker)
@@ -509,13 +511,16 @@ class Search:
                     break
         except BaseException as e:
             # Optuna creates a trial before sampling it, outside its own error handling: a
-            # Ctrl-C or an error there would leave it RUNNING without a heartbeat.
+            # Ctrl-C or an error there would leave it RUNNING, for every later run to wait on.
+            started.sampled()
             if isinstance(e, KeyboardInterrupt):
-                _fail_if_running(study, started, "interrupted", "interrupted (Ctrl-C) while the trial was being sampled")
+                _fail_if_running(study, started.last, "interrupted", "interrupted (Ctrl-C) while the trial was being sampled")
             else:
-                _fail_if_running(study, started, "sampling_error", f"{type(e).__name__} while the trial was being "
+                _fail_if_running(study, started.last, "sampling_error", f"{type(e).__name__} while the trial was being "
                                  f"sampled: {' '.join(str(e).split())}")
             raise
+        finally:
+            started.sampled()
         bar.close()
         if idle(n) and not reached(n):
             self._print(f"stopped: the last {IDLE_TRIALS_LIMIT} trials trained nothing (each repeated an architecture "
@@ -551,30 +556,50 @@ def _check_search_numbers(cfg: SearchConfig) -> None:
         raise SearchError(f"--measure-threads must be a positive integer, got {cfg.measure_threads}")
 
 
-def _record_trial_starts(storage: optuna.storages.BaseStorage) -> list[tuple[int, bool]]:
-    """A list that from now on holds (id, taken from the queue) of the last trial
-    this process set RUNNING through `storage` (a new trial, or a queued one it
-    took): Optuna creates the trial before the sampler runs, so a Ctrl-C while it
-    samples would otherwise leave it RUNNING with no heartbeat, for every later run
-    to wait on."""
-    last: list[tuple[int, bool]] = []
-    create, set_state = storage.create_new_trial, storage.set_trial_state_values
+class _TrialStarts:
+    """Watches `storage` for the trials this process sets RUNNING (a new trial, or a
+    queued one it takes) and covers their sampling with a heartbeat.
 
-    def create_new_trial(study_id: int, template_trial: optuna.trial.FrozenTrial | None = None) -> int:
-        trial_id = create(study_id, template_trial)
-        if template_trial is None or template_trial.state == optuna.trial.TrialState.RUNNING:
-            last[:] = [(trial_id, False)]
-        return trial_id
+    Optuna creates a trial before the sampler runs and starts the trial's heartbeat
+    only once sampling is done; evolution's budget check measures candidates in
+    between. A worker killed there (SIGKILL, a lost machine) would leave the trial
+    RUNNING with no heartbeat, which no worker ever fails or retries. So from its
+    creation until `sampled()` the trial beats through Optuna's own heartbeat thread
+    (`get_heartbeat_thread`). `last` holds (id, taken from the queue) of the last
+    such trial, for `_fail_if_running` after a Ctrl-C or an error while sampling."""
 
-    def set_trial_state_values(trial_id: int, state: optuna.trial.TrialState, values: Any = None) -> bool:
-        changed = set_state(trial_id, state, values)
-        if changed and state == optuna.trial.TrialState.RUNNING:
-            last[:] = [(trial_id, True)]  # only a WAITING (queued) trial is set RUNNING this way
-        return changed
+    def __init__(self, storage: optuna.storages.BaseStorage) -> None:
+        self.last: list[tuple[int, bool]] = []
+        self._storage = storage
+        self._beat: Any = None
+        create, set_state = storage.create_new_trial, storage.set_trial_state_values
 
-    storage.create_new_trial = create_new_trial  # type: ignore[method-assign]
-    storage.set_trial_state_values = set_trial_state_values  # type: ignore[method-assign]
-    return last
+        def create_new_trial(study_id: int, template_trial: optuna.trial.FrozenTrial | None = None) -> int:
+            trial_id = create(study_id, template_trial)
+            if template_trial is None or template_trial.state == optuna.trial.TrialState.RUNNING:
+                self._started(trial_id, queued=False)
+            return trial_id
+
+        def set_trial_state_values(trial_id: int, state: optuna.trial.TrialState, values: Any = None) -> bool:
+            changed = set_state(trial_id, state, values)
+            if changed and state == optuna.trial.TrialState.RUNNING:
+                self._started(trial_id, queued=True)  # only a WAITING (queued) trial is set RUNNING this way
+            return changed
+
+        storage.create_new_trial = create_new_trial  # type: ignore[method-assign]
+        storage.set_trial_state_values = set_trial_state_values  # type: ignore[method-assign]
+
+    def _started(self, trial_id: int, *, queued: bool) -> None:
+        self.sampled()
+        self.last[:] = [(trial_id, queued)]
+        self._beat = get_heartbeat_thread(trial_id, self._storage)
+        self._beat.start()
+
+    def sampled(self) -> None:
+        """Stop the sampling heartbeat (the trial's own one takes over, or it ended)."""
+        if self._beat is not None:
+            self._beat.join()
+            self._beat = None
 
 
 def _fail_if_running(study: optuna.Study, trials: list[tuple[int, bool]], reason: str, why: str) -> None:
