@@ -161,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default exports/STUDY)")
     p.add_argument("--retrain", type=int, metavar="STEPS", help="train the architecture for STEPS steps first")
     p.add_argument("--device", default="auto", help="with --retrain: where to train (auto | cpu | cuda)")
+    p.add_argument("--force", action="store_true", help="replace an export already in the --out folder")
     return parser
 
 
@@ -214,7 +215,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         from nas.export import export_main
 
         return export_main(args.study, storage=args.storage, trial=args.trial, out=args.out,
-                           retrain=args.retrain, device=args.device)
+                           retrain=args.retrain, device=args.device, force=args.force)
     raise AssertionError(args.command)
 
 

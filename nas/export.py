@@ -429,18 +429,27 @@ def model_card(study: optuna.Study, trial: optuna.trial.FrozenTrial, spec: ArchS
     return "\n".join(lines)
 
 
+EXPORT_FILES = ("model.py", "weights.pt", "arch.json", "card.md")
+
+
 def export(study_name: str, *, storage: str | None = None, trial: int | None = None, out: str | Path | None = None,
-           retrain: int | None = None, device: str = "auto") -> Path:
+           retrain: int | None = None, device: str = "auto", force: bool = False) -> Path:
     """Write model.py, weights.pt, arch.json and card.md; returns the folder.
 
     Everything is prepared (and the weights checked against the architecture)
-    before the first file is written, so a refused export leaves nothing behind."""
+    before the first file is written, so a refused export leaves nothing behind.
+    A folder that already holds an export is refused unless `force`: it may be
+    the only copy of a retrained model. Files are written under temporary names
+    and renamed into place only once all four are written, so a failed write
+    leaves an earlier export as it was."""
     from nas.storage import default_url
 
     if retrain is None and device != "auto":
         raise NasError(f"--device {device} has no effect without --retrain (the weights are the search's); "
                        f"drop it, or pass --retrain STEPS to train on that device")
     study_name, storage = resolve_study(study_name, storage)
+    folder = Path(out) if out is not None else Path("exports") / study_name
+    _check_export_folder(folder, force)  # before a --retrain spends minutes
     check_study_name(study_name)  # the name goes into model.py's docstring: plain characters only
     url = storage or default_url(study_name)
     study = open_study(study_name, storage)
@@ -454,23 +463,41 @@ def export(study_name: str, *, storage: str | None = None, trial: int | None = N
         "arch.json": json.dumps(spec.to_dict(), indent=2, sort_keys=True) + "\n",
         "card.md": model_card(study, t, spec, weights_from, sum(p.numel() for p in model.parameters())),
     }
-    folder = Path(out) if out is not None else Path("exports") / study_name
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        torch.save(state, folder / "weights.pt")
-        for name, text in files.items():
-            (folder / name).write_text(text)
-    except OSError as e:
-        raise NasError(f"cannot write to {folder}: {e.strerror or e}; pass another --out") from None
-    except RuntimeError as e:  # torch.save reports a file it cannot open as a RuntimeError
-        raise NasError(f"cannot write {folder / 'weights.pt'} ({str(e).strip().splitlines()[-1]}); "
-                       f"pass another --out") from None
+    _write_export(folder, state, files)
     return folder
 
 
+def _check_export_folder(folder: Path, force: bool) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise NasError(f"--out {folder} is a file, not a folder; pass a folder path")
+    held = [name for name in EXPORT_FILES if (folder / name).exists()] if folder.is_dir() else []
+    if held and not force:
+        raise NasError(f"{folder} already holds an export ({', '.join(held)}); pass --force to replace it, "
+                       f"or another --out")
+
+
+def _write_export(folder: Path, state: dict[str, torch.Tensor], files: dict[str, str]) -> None:
+    created = not folder.exists()
+    partial = {name: folder / f".{name}.partial" for name in EXPORT_FILES}
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(state, partial["weights.pt"])
+        for name, text in files.items():
+            partial[name].write_text(text)
+        for name in EXPORT_FILES:
+            partial[name].replace(folder / name)
+    except (OSError, RuntimeError) as e:  # torch.save reports a file it cannot open as a RuntimeError
+        for p in partial.values():
+            p.unlink(missing_ok=True)
+        if created and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+        why = (e.strerror or str(e)) if isinstance(e, OSError) else str(e).strip().splitlines()[-1]
+        raise NasError(f"cannot write to {folder}: {why}; pass another --out") from None
+
+
 def export_main(study: str, *, storage: str | None, trial: int | None, out: str | None, retrain: int | None,
-                device: str = "auto") -> int:
-    folder = export(study, storage=storage, trial=trial, out=out, retrain=retrain, device=device)
+                device: str = "auto", force: bool = False) -> int:
+    folder = export(study, storage=storage, trial=trial, out=out, retrain=retrain, device=device, force=force)
     print(f"exported to {folder}/: model.py, weights.pt, arch.json, card.md")
     return 0
 

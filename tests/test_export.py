@@ -343,3 +343,60 @@ def test_user_errors_are_one_line(trained, tmp_path, capsys):
     finally:
         shutil.move(moved, ckpt)
     assert not (tmp_path / "a").exists()
+
+
+# ---- an earlier export is not overwritten by accident, nor half-replaced ------------
+def _folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_an_existing_export_is_kept_unless_forced(trained, tmp_path, capsys):
+    url, out = trained["url"], tmp_path / "export"
+    assert cli(capsys, "export", "ex", "--storage", url, "--out", str(out))[0] == 0
+    (out / "arch.json").write_text("{\"edited\": true}\n")  # the user's own change to the export
+    before = _folder_bytes(out)
+    code, _, err = cli(capsys, "export", "ex", "--storage", url, "--out", str(out))
+    assert_one_line_error(code, err, "already holds an export", "--force", "--out")
+    assert _folder_bytes(out) == before
+    # Refused before a --retrain spends its steps: no "retrained" card appears either.
+    code, _, err = cli(capsys, "export", "ex", "--storage", url, "--out", str(out), "--retrain", "2", "--device", "cpu")
+    assert_one_line_error(code, err, "already holds an export")
+    assert _folder_bytes(out) == before
+
+    code, _, err = cli(capsys, "export", "ex", "--storage", url, "--out", str(out), "--force")
+    assert code == 0, err
+    assert ArchSpec.from_dict(json.loads((out / "arch.json").read_text())) == trained["spec"]
+    assert sorted(p.name for p in out.iterdir()) == ["arch.json", "card.md", "model.py", "weights.pt"]
+
+    # A folder holding other files only is written into, and those files stay.
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    assert cli(capsys, "export", "ex", "--storage", url, "--out", str(other))[0] == 0
+    assert (other / "notes.txt").read_text() == "keep me" and (other / "model.py").exists()
+
+    code, _, err = cli(capsys, "export", "ex", "--storage", url, "--out", str(other / "notes.txt"))
+    assert_one_line_error(code, err, "is a file, not a folder")
+
+
+def test_a_failed_write_leaves_the_earlier_export_whole(trained, tmp_path, capsys, monkeypatch):
+    url, out = trained["url"], tmp_path / "export"
+    assert cli(capsys, "export", "ex", "--storage", url, "--out", str(out))[0] == 0
+    (out / "card.md").write_text("the earlier export\n")
+    before = _folder_bytes(out)
+    real_write_text = Path.write_text
+
+    def fail_on_card(self: Path, text: str, *args, **kwargs):
+        if "card.md" in self.name:
+            raise OSError(28, "No space left on device")
+        return real_write_text(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", fail_on_card)
+    code, _, err = cli(capsys, "export", "ex", "--storage", url, "--out", str(out), "--force")
+    assert_one_line_error(code, err, "cannot write", "No space left on device")
+    assert _folder_bytes(out) == before  # no file replaced, no partial file left
+
+    new = tmp_path / "new" / "export"
+    code, _, err = cli(capsys, "export", "ex", "--storage", url, "--out", str(new))
+    assert_one_line_error(code, err, "cannot write")
+    assert not new.exists()
