@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 import optuna
-from sqlalchemy import event
+from sqlalchemy import create_engine, event, inspect
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -167,7 +167,21 @@ def has_optuna_schema(path: Path) -> bool:
     except sqlite3.DatabaseError as e:
         raise StorageError(f"database file {path} cannot be read ({' '.join(str(e).split())}); "
                            f"retry when no other process holds it, or pass another --storage") from None
-    return {"studies", "trials", "version_info"} <= names
+    return _OPTUNA_TABLES <= names
+
+
+_OPTUNA_TABLES = {"studies", "trials", "version_info"}
+
+
+def _server_has_optuna_schema(url: str) -> bool:
+    """Whether the database behind a server URL (PostgreSQL, MySQL) holds Optuna's
+    tables, read without creating any: Optuna's RDBStorage creates its schema in
+    whatever database it opens."""
+    engine = create_engine(driver_url(url), pool_pre_ping=True)
+    try:
+        return _OPTUNA_TABLES <= set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
 
 
 def _quick_check(path: Path, attempts: int = 3) -> str:
@@ -296,6 +310,8 @@ def open_storage(url: str, *, heartbeat: bool = True, read_only: bool = False) -
     else:
         engine_kwargs = {"pool_pre_ping": True}
     try:
+        if read_only and path is None and not _server_has_optuna_schema(url):
+            raise _NoStudyDatabase
         with warnings.catch_warnings():
             # Heartbeats are "experimental" in Optuna's terms since 2.8; we rely on them knowingly.
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -312,8 +328,15 @@ def open_storage(url: str, *, heartbeat: bool = True, read_only: bool = False) -
             serialize_sqlite_writes(storage.engine)
             storage.engine.dispose()  # connections made before the hook: drop them
         return storage
+    except _NoStudyDatabase:
+        raise StorageError(f"{redact(url)} is not a study database (no Optuna tables); check --storage and the "
+                           f"database name") from None
     except Exception as e:  # sqlalchemy / driver errors carry the URL: never echo it raw
         raise StorageError(f"cannot open storage {redact(url)}: {type(e).__name__}: {_driver_message(e, url)}") from None
+
+
+class _NoStudyDatabase(Exception):
+    """A server database without Optuna's tables, met by a caller that only reads."""
 
 
 def retry_schema_race(create: Callable[[], T]) -> T:

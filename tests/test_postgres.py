@@ -153,3 +153,35 @@ def test_password_of_unreachable_server_is_not_printed(capsys, argv):
     lines = out.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("nas: error: cannot open storage postgresql://user:***@"), out.err
     assert SECRET not in out.out + out.err
+
+
+def test_show_and_export_leave_a_foreign_database_alone(postgres_url, capsys, tmp_path):
+    """A URL naming another application's database: refused, and no Optuna table is
+    created in it (Optuna's RDBStorage creates its schema in whatever it opens)."""
+    import psycopg2
+
+    admin = postgres_url.rsplit("/", 1)[0] + "/postgres"
+    con = psycopg2.connect(admin)
+    con.autocommit = True
+    con.cursor().execute("CREATE DATABASE otherapp")
+    con.close()
+    foreign = postgres_url.rsplit("/", 1)[0] + "/otherapp"
+    con = psycopg2.connect(foreign)
+    con.autocommit = True
+    con.cursor().execute("CREATE TABLE accounts (id integer primary key, name text)")
+    con.close()
+
+    for argv in (["show", "p", "--storage", foreign], ["export", "p", "--storage", foreign, "--out", str(tmp_path / "x")],
+                 ["export", foreign, "--out", str(tmp_path / "x")]):
+        code = main(argv)
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and "is not a study database" in lines[0], err
+        assert SECRET not in err
+
+    con = psycopg2.connect(foreign)
+    cur = con.cursor()
+    cur.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")
+    assert [r[0] for r in cur.fetchall()] == ["accounts"]
+    con.close()
+    assert not (tmp_path / "x").exists()
