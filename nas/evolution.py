@@ -173,21 +173,7 @@ class EvolutionSampler(BaseSampler):
         child_check: ChildCheck | None = None,
         on_refusal: str = "fresh",
     ) -> None:
-        if not _is_int(population_size) or population_size < 1:
-            raise ValueError(f"population_size must be an integer >= 1, got {population_size!r}")
-        if not _is_int(tournament_size) or not 1 <= tournament_size <= population_size:
-            raise ValueError(
-                f"tournament_size must be an integer in [1, population_size={population_size}], "
-                f"got {tournament_size!r}"
-            )
-        if (
-            isinstance(mutation_prob, bool)
-            or not isinstance(mutation_prob, (int, float))
-            or not 0.0 <= float(mutation_prob) <= 1.0
-        ):
-            raise ValueError(f"mutation_prob must be a number in [0, 1], got {mutation_prob!r}")
-        if seed is not None and (not _is_int(seed) or seed < 0):
-            raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
+        check_evolution_numbers(population_size, tournament_size, mutation_prob, seed)
         if not isinstance(constraints_aware, bool):
             raise ValueError(f"constraints_aware must be True or False, got {constraints_aware!r}")
         if score is not None and not callable(score):
@@ -432,8 +418,28 @@ def _attempt_tag(attempt: int) -> tuple[object, ...]:
     return () if attempt == 0 else ("attempt", attempt)
 
 
-def _is_int(x: object) -> bool:
+def is_int(x: object) -> bool:
+    """A Python or NumPy integer, not a bool."""
     return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def check_evolution_numbers(population_size: object, tournament_size: object, mutation_prob: object, seed: object,
+                            names: tuple[str, str, str, str] = ("population_size", "tournament_size", "mutation_prob",
+                                                                "seed")) -> None:
+    """ValueError for the first of evolution's numbers out of its range, under
+    `names`: the constructor's arguments, or `nas search`'s flags, which check
+    them before a study is stored."""
+    population, tournament, mutation, seed_name = names
+    if not is_int(population_size) or population_size < 1:
+        raise ValueError(f"{population} must be a positive integer (the trials evolution breeds from), "
+                         f"got {population_size!r}")
+    if not is_int(tournament_size) or not 1 <= tournament_size <= population_size:
+        raise ValueError(f"{tournament} must be an integer from 1 to {population} ({population_size}), "
+                         f"got {tournament_size!r}")
+    if isinstance(mutation_prob, bool) or not isinstance(mutation_prob, (int, float)) or not 0.0 <= mutation_prob <= 1.0:
+        raise ValueError(f"{mutation} must be a probability between 0 and 1, got {mutation_prob!r}")
+    if seed is not None and (not is_int(seed) or seed < 0):
+        raise ValueError(f"{seed_name} must be a non-negative integer, got {seed!r}")
 
 
 def _fresh_seed() -> int:

@@ -194,6 +194,13 @@ class Hurdle:
     trial_numbers: tuple[int, ...]
 
 
+def check_min_trials(min_trials: object, name: str = "min_trials") -> None:
+    """ValueError unless `min_trials` (the trials whose mean sets a hurdle) is a
+    positive integer; `name`: the argument's, or `nas search`'s flag."""
+    if isinstance(min_trials, bool) or not isinstance(min_trials, numbers.Integral) or min_trials < 1:
+        raise ValueError(f"{name} must be a positive integer (the trials whose mean sets a hurdle), got {min_trials!r}")
+
+
 class ProgressiveHurdlePruner(optuna.pruners.BasePruner):
     """Prune trials that fall below the progressive dynamic hurdles.
 
@@ -228,10 +235,7 @@ class ProgressiveHurdlePruner(optuna.pruners.BasePruner):
                 raise ValueError(f"stages must be positive step counts, got {s!r}")
         if any(b <= a for a, b in zip(stages, stages[1:])):
             raise ValueError(f"stages must be strictly increasing, got {tuple(stages)!r}")
-        if isinstance(min_trials, bool) or not isinstance(min_trials, numbers.Integral):
-            raise ValueError(f"min_trials must be an integer, got {min_trials!r}")
-        if min_trials < 1:
-            raise ValueError(f"min_trials must be >= 1, got {min_trials!r}")
+        check_min_trials(min_trials)
         if signal not in HURDLE_SIGNALS:
             raise ValueError(f"signal must be one of {', '.join(HURDLE_SIGNALS)}, got {signal!r}")
         self._stages: tuple[int, ...] = tuple(int(s) for s in stages)

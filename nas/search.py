@@ -30,9 +30,9 @@ from evaluators.errors import TaskError, TrialFailure
 from evaluators.hardware import default_threads, dtype_name, resolve_device, resolve_dtype
 from evaluators.tasks import get_task
 from nas.choices import make_pruner, make_sampler
-from nas.evolution import ON_REFUSAL
+from nas.evolution import ON_REFUSAL, check_evolution_numbers, is_int
 from nas.hurdles import (DEFAULT_HURDLE_RULE, DEFAULT_HURDLE_SIGNAL, DEFAULT_MIN_TRIALS, DEFAULT_SELECTION_SIGNAL,
-                         HURDLE_RULES, HURDLE_SIGNALS)
+                         HURDLE_RULES, HURDLE_SIGNALS, check_min_trials)
 from nas.objective import Budget, Measurement, Objective, device_key, measure, measure_key
 from nas.results import FINISHED, best_feasible, finished_count, steps_spent, summary_table, total_steps_spent
 from nas.storage import GRACE_PERIOD, STUDIES_DIR, check_storage, check_study_name, default_url, open_storage, redact, sqlite_path
@@ -217,7 +217,7 @@ class Search:
             self.dtype = resolve_dtype(cfg.measure_dtype, self.device)
         except ValueError as e:
             raise SearchError(f"--measure-dtype: {e}") from None
-        if not cfg.stages and not (_is_int(cfg.steps) and cfg.steps > 0):
+        if not cfg.stages and not (is_int(cfg.steps) and cfg.steps > 0):
             raise SearchError(f"--steps must be a positive number of training steps per candidate, got {cfg.steps}")
         self.stages = tuple(cfg.stages) if cfg.stages else default_stages(cfg.steps)
         if any(s <= 0 for s in self.stages) or list(self.stages) != sorted(set(self.stages)):
@@ -531,28 +531,19 @@ class Search:
         return study
 
 
-def _is_int(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
 def _check_search_numbers(cfg: SearchConfig) -> None:
     """The sampler's and pruner's numbers, checked under their flags' names before
     anything is stored (the sampler and pruner themselves are built only later)."""
-    if not (_is_int(cfg.seed) and cfg.seed >= 0):
-        raise SearchError(f"--seed must be a non-negative integer, got {cfg.seed}")
-    if cfg.sampler == "evolution":
-        if not (_is_int(cfg.population) and cfg.population >= 1):
-            raise SearchError(f"--population must be a positive integer (the trials evolution breeds from), "
-                              f"got {cfg.population}")
-        if not (_is_int(cfg.tournament) and 1 <= cfg.tournament <= cfg.population):
-            raise SearchError(f"--tournament must be an integer from 1 to --population ({cfg.population}), "
-                              f"got {cfg.tournament}")
-        if not (isinstance(cfg.mutation_prob, (int, float)) and 0.0 <= cfg.mutation_prob <= 1.0):
-            raise SearchError(f"--mutation-prob must be a probability between 0 and 1, got {cfg.mutation_prob}")
-    if not (_is_int(cfg.hurdle_trials) and cfg.hurdle_trials >= 1):
-        raise SearchError(f"--hurdle-trials must be a positive integer (the trials whose mean sets a hurdle), "
-                          f"got {cfg.hurdle_trials}")
-    if cfg.measure_threads is not None and not (_is_int(cfg.measure_threads) and cfg.measure_threads >= 1):
+    try:
+        if cfg.sampler == "evolution":
+            check_evolution_numbers(cfg.population, cfg.tournament, cfg.mutation_prob, cfg.seed,
+                                    names=("--population", "--tournament", "--mutation-prob", "--seed"))
+        elif not (is_int(cfg.seed) and cfg.seed >= 0):
+            raise ValueError(f"--seed must be a non-negative integer, got {cfg.seed!r}")
+        check_min_trials(cfg.hurdle_trials, "--hurdle-trials")
+    except ValueError as e:
+        raise SearchError(str(e)) from None
+    if cfg.measure_threads is not None and not (is_int(cfg.measure_threads) and cfg.measure_threads >= 1):
         raise SearchError(f"--measure-threads must be a positive integer, got {cfg.measure_threads}")
 
 
