@@ -58,6 +58,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _duration(text: str) -> float:
+    from nas.search import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _stages(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(x) for x in text.split(","))
@@ -89,10 +98,14 @@ def _add_search_args(p: argparse.ArgumentParser, *, worker: bool) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto: cuda when there is one)")
     p.add_argument("--trials", type=int, default=None,
                    help=f"finished trials in total (resume counts those already done; default {DEFAULT_TRIALS}, "
-                        "or no limit when --step-budget is given)")
+                        "or no limit when --step-budget or --timeout is given)")
     p.add_argument("--step-budget", type=_positive_int, metavar="STEPS",
                    help="training steps the study may spend in total, all trials and workers together; no trial starts "
                         "once they are spent (with --trials too, whichever comes first)")
+    p.add_argument("--timeout", type=_duration, metavar="DURATION",
+                   help="wall-clock time this run may start trials for, e.g. 3600, 90m or 8h; the trial running then "
+                        "finishes, and the same command continues the study (with --trials or --step-budget too, "
+                        "whichever comes first)")
     p.add_argument("--sampler", default="evolution", choices=SAMPLERS)
     p.add_argument("--pruner", default="hurdles", choices=PRUNERS)
     p.add_argument("--seed", type=int, default=0)
@@ -166,8 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def trials_limit(args: argparse.Namespace) -> int | None:
-    """--trials as given; if neither it nor --step-budget is, the default count."""
-    if args.trials is None and args.step_budget is None:
+    """--trials as given; if none of it, --step-budget and --timeout is, the default count."""
+    if args.trials is None and args.step_budget is None and args.timeout is None:
         return DEFAULT_TRIALS
     return args.trials
 
@@ -179,7 +192,8 @@ def _search_config(args: argparse.Namespace, argv: Sequence[str]):
     return SearchConfig(
         study=args.study, storage=args.storage, space=args.space, task=args.task,
         task_options=_task_options(args.task_option), latency_ms=args.latency_ms, latency_fraction=args.latency_fraction, memory_mb=args.memory_mb,
-        trials=trials_limit(args), step_budget=args.step_budget, sampler=args.sampler, pruner=args.pruner, device=args.device, seed=args.seed,
+        trials=trials_limit(args), step_budget=args.step_budget, timeout_s=args.timeout, sampler=args.sampler,
+        pruner=args.pruner, device=args.device, seed=args.seed,
         steps=args.steps, stages=args.stages, population=args.population, tournament=args.tournament,
         mutation_prob=args.mutation_prob, budget_aware=not args.no_budget_check, on_refusal=args.on_refusal,
         hurdle_trials=args.hurdle_trials,

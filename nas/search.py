@@ -101,6 +101,9 @@ class SearchConfig:
     memory_mb: float | None = None
     trials: int | None = 30
     step_budget: int | None = None  # training steps the study may spend in total (None: no limit)
+    # Wall-clock seconds this run may start trials for (None: no limit). Not stored: a
+    # resume gets its own, as with Optuna's `optimize(timeout=...)`.
+    timeout_s: float | None = None
     sampler: str = "evolution"
     pruner: str = "hurdles"
     device: str = "auto"
@@ -181,8 +184,10 @@ class Search:
             raise SearchError(f"--trials must be a positive number of finished trials, got {cfg.trials}")
         if cfg.step_budget is not None and cfg.step_budget <= 0:
             raise SearchError(f"--step-budget must be a positive number of training steps, got {cfg.step_budget}")
-        if cfg.trials is None and cfg.step_budget is None:
-            raise SearchError("nothing limits the search; give --trials N, --step-budget STEPS or both")
+        if cfg.timeout_s is not None and not (cfg.timeout_s > 0 and math.isfinite(cfg.timeout_s)):
+            raise SearchError(f"--timeout must be a positive duration, e.g. 90m or 8h, got {cfg.timeout_s}")
+        if cfg.trials is None and cfg.step_budget is None and cfg.timeout_s is None:
+            raise SearchError("nothing limits the search; give --trials N, --step-budget STEPS, --timeout or more")
         for flag, signal in (("--hurdle-signal", cfg.hurdle_signal), ("--selection-signal", cfg.selection_signal)):
             if signal not in HURDLE_SIGNALS:
                 raise SearchError(f"{flag} must be one of {', '.join(HURDLE_SIGNALS)}, got {signal!r}")
@@ -421,6 +426,9 @@ class Search:
         elsewhere make the target: this process waits for them instead, and runs
         the retry of any whose worker dies, so the study ends with the target.
 
+        `cfg.timeout_s` (wall-clock seconds from this call) is checked at the same
+        points: no trial starts after it, and the one running then finishes.
+
         The step budget is checked before each trial starts, from storage (so a
         resumed study continues to the same budget), and a trial runs to its end:
         a study stops at most one trial's steps past the budget per worker. That
@@ -446,6 +454,7 @@ class Search:
 
         target = self.cfg.trials
         step_budget = self.cfg.step_budget
+        deadline = None if self.cfg.timeout_s is None else _clock() + self.cfg.timeout_s
         bar = _Progress(study, target, step_budget, self.log if progress else None)
         max_failures = max(target or 0, 10)
 
@@ -463,9 +472,13 @@ class Search:
         def idle(n: _Tally) -> bool:
             return target is None and n.idle_streak >= IDLE_TRIALS_LIMIT
 
+        def timed_out() -> bool:
+            # Like the step budget, checked before a trial starts: a started trial runs to its end.
+            return deadline is not None and _clock() >= deadline
+
         def more_to_do(n: _Tally) -> bool:
             return (((not reached(n) and not spoken_for(n) and not idle(n)) or n.pending_retries > 0)
-                    and n.failed < max_failures)
+                    and n.failed < max_failures and not timed_out())
 
         def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
             if trial.state == optuna.trial.TrialState.FAIL:
@@ -499,7 +512,7 @@ class Search:
                     remaining = None if target is None else max(target - n.finished - n.running, 0) + n.pending_retries
                     study.optimize(objective, n_trials=remaining, catch=(TrialFailure, SpecError),
                                    callbacks=[callback], gc_after_trial=False)
-                elif spoken_for(n) and not reached(n) and n.failed < max_failures:
+                elif spoken_for(n) and not reached(n) and n.failed < max_failures and not timed_out():
                     # Other workers' trials would reach the target: wait for them rather than
                     # leave, so that if one of them dies its retry (re-queued once its
                     # heartbeat is stale) is run here and the study still reaches the target.
@@ -522,13 +535,34 @@ class Search:
         finally:
             started.sampled()
         bar.close()
-        if idle(n) and not reached(n):
+        if timed_out() and not reached(n):
+            self._print(f"stopped: --timeout reached with {n.finished} finished trials; run the same command again "
+                        f"to continue the study")
+        elif idle(n) and not reached(n):
             self._print(f"stopped: the last {IDLE_TRIALS_LIMIT} trials trained nothing (each repeated an architecture "
                         f"trained before or was over the hardware budget), so the step budget would never be spent; "
                         f"the space looks exhausted: widen it, raise the budget, or give --trials")
         elif not reached(n):
             self._print(f"stopped after {n.failed} failed trials; see `nas show {self.cfg.study}` for their reasons")
         return study
+
+
+_clock = time.monotonic  # --timeout's clock (a test advances its own)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from "3600", "90s", "45m", "8h" or "1.5h"; ValueError naming the form otherwise."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    t = text.strip().lower()
+    scale = units.get(t[-1:], None)
+    number = t[:-1] if scale is not None else t
+    try:
+        seconds = float(number) * (scale or 1)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a duration; give seconds or a number with s, m, h or d, e.g. 90m or 8h") from None
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise ValueError(f"{text!r} must be a positive duration, e.g. 90m or 8h")
+    return seconds
 
 
 def _check_search_numbers(cfg: SearchConfig) -> None:

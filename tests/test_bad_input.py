@@ -423,3 +423,10 @@ def test_a_wal_database_in_a_read_only_folder_is_one_clear_line(capsys, made, tm
     finally:
         subprocess.run(["chattr", "-i", str(folder / "t.db"), str(folder)], check=True)
     assert (folder / "t.db").read_bytes() == before
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-5m", "10x"])
+def test_bad_timeout_is_refused_before_anything_is_stored(capsys, db, value):
+    before = stored(db)
+    fails_cleanly(capsys, search_args(db, f"--timeout={value}", study="new"), "--timeout", "e.g. 90m or 8h")
+    assert stored(db) == before

@@ -902,3 +902,55 @@ def test_ctrl_c_while_the_warm_start_is_sampled_queues_it_again(tmp_path, monkey
     warm = [t for t in trials if t.user_attrs.get("warm_start") and t.state in FINISHED]
     assert len(warm) == 1 and warm[0].params == trials[0].system_attrs["fixed_params"]
     assert sum(t.state in FINISHED for t in trials) == 3
+
+
+# ---- --timeout: a wall-clock limit per run ----------------------------------------------
+def test_timeout_stops_starting_trials_and_the_same_command_continues(tmp_path, monkeypatch):
+    # A clock that moves 60 s per finished trial: with a 100 s timeout the second trial
+    # ends past it, so no third starts (the trial running at the deadline finishes).
+    now = [1000.0]
+    monkeypatch.setattr("nas.search._clock", lambda: now[0])
+
+    def tick(study, trial):
+        now[0] += 60.0
+
+    cfg = tiny_config(tmp_path, trials=None, timeout_s=100.0, pruner="none", warm_start=False)
+    log = io.StringIO()
+    Search(cfg, log=log).run(on_trial=tick)
+    study = optuna.load_study(study_name="t", storage=cfg.storage)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert "stopped: --timeout reached with 2 finished trials; run the same command again" in log.getvalue()
+    before = {t.number: (t.state, t.value, t.params) for t in study.trials}
+
+    # The timeout is this run's, not the study's: a resume gets its own 100 s.
+    Search(cfg, log=io.StringIO()).run(on_trial=tick)
+    study = optuna.load_study(study_name="t", storage=cfg.storage)
+    assert len(study.trials) == 4
+    assert {t.number: (t.state, t.value, t.params) for t in study.trials if t.number in before} == before
+
+    # With --trials too, whichever comes first.
+    Search(tiny_config(tmp_path, trials=5, timeout_s=1000.0, pruner="none"), log=io.StringIO()).run(on_trial=tick)
+    assert len(optuna.load_study(study_name="t", storage=cfg.storage).trials) == 5
+
+
+def test_timeout_must_be_positive(tmp_path):
+    with pytest.raises(SearchError, match="--timeout must be a positive duration"):
+        Search(tiny_config(tmp_path, timeout_s=0.0), log=io.StringIO())
+    with pytest.raises(SearchError, match="--timeout must be a positive duration"):
+        Search(tiny_config(tmp_path, timeout_s=float("nan")), log=io.StringIO())
+
+
+@pytest.mark.parametrize("text, seconds", [("3600", 3600.0), ("90s", 90.0), ("45m", 2700.0), ("8h", 28800.0),
+                                           ("1.5h", 5400.0), ("2d", 172800.0), (" 10M ", 600.0)])
+def test_parse_duration(text, seconds):
+    from nas.search import parse_duration
+
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "h", "abc", "10x", "0", "-5m", "inf", "nanh"])
+def test_parse_duration_refuses(text):
+    from nas.search import parse_duration
+
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)

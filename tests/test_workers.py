@@ -253,17 +253,19 @@ def test_study_files_get_the_journal_mode_of_the_library(tmp_path, monkeypatch, 
         assert integrity(db) == "ok"
 
 
-@pytest.mark.parametrize("trials, step_budget", [(None, 5000), (12, 5000), (12, None)])
-def test_workers_get_the_search_limits(trials, step_budget):
-    """The `nas worker` command line that `--workers K` starts carries --trials and
-    --step-budget as given, and the worker parses them back to the same limits."""
+@pytest.mark.parametrize("trials, step_budget, timeout_s", [(None, 5000, None), (12, 5000, None), (12, None, None),
+                                                          (None, None, 5400.0), (12, None, 0.125)])
+def test_workers_get_the_search_limits(trials, step_budget, timeout_s):
+    """The `nas worker` command line that `--workers K` starts carries --trials,
+    --step-budget and --timeout as given, and the worker parses them back to the
+    same limits."""
     from nas.cli import build_parser, trials_limit
     from nas.search import SearchConfig
     from nas.workers import _worker_argv
 
-    cfg = SearchConfig(study="s", trials=trials, step_budget=step_budget)
+    cfg = SearchConfig(study="s", trials=trials, step_budget=step_budget, timeout_s=timeout_s)
     args = build_parser().parse_args(_worker_argv(cfg, quiet=True)[3:])
-    assert (trials_limit(args), args.step_budget) == (trials, step_budget)
+    assert (trials_limit(args), args.step_budget, args.timeout) == (trials, step_budget, timeout_s)
 
 
 @pytest.mark.parametrize("over", [
