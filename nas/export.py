@@ -319,7 +319,8 @@ def trained_weights(study: optuna.Study, trial: optuna.trial.FrozenTrial, spec: 
         return {k: v.detach().cpu() for k, v in model.state_dict().items()}, f"retrained {retrain} steps"
     row = Tables(url).get_checkpoint(study.study_name, trial.number)
     if row is None:
-        raise NasError(f"trial {trial.number} has no checkpoint (only trials that clear the last hurdle save weights); pass --retrain STEPS to train it")
+        raise NasError(f"trial {trial.number} has no checkpoint (only trials that clear the last hurdle save weights, "
+                       f"and --keep-checkpoints K keeps the best K and the Pareto front's); pass --retrain STEPS to train it")
     path = Path(row["path"])
     if row["arch_hash"] != spec.content_hash():
         raise NasError(f"checkpoint of trial {trial.number} belongs to another architecture; pass --retrain STEPS")

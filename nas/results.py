@@ -65,15 +65,19 @@ def fully_trained(study: Trials) -> list[FrozenTrial]:
             if t.value is not None and is_feasible(t)]
 
 
+def best_first(study: Trials) -> list[FrozenTrial]:
+    """COMPLETE feasible trials, best first: highest fitness, then lower latency, then
+    the earlier trial."""
+    return sorted(fully_trained(study), key=lambda t: (-t.value, t.user_attrs.get("latency_ms", math.inf), t.number))
+
+
 def best_feasible(study: Trials) -> FrozenTrial | None:
     """The best COMPLETE feasible trial (highest fitness; lower latency breaks ties)."""
-    trials = fully_trained(study)
-    if not trials:
-        return None
-    return max(trials, key=lambda t: (t.value, -t.user_attrs.get("latency_ms", math.inf), -t.number))
+    ranked = best_first(study)
+    return ranked[0] if ranked else None
 
 
-def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
+def pareto_front(study: Trials) -> list[FrozenTrial]:
     """Fully trained feasible trials that no other beats on both fitness (higher)
     and latency (lower), sorted by latency."""
     trials = sorted(fully_trained(study), key=lambda t: (t.user_attrs["latency_ms"], -t.value))

@@ -29,6 +29,7 @@ from optuna.storages._heartbeat import get_heartbeat_thread
 from evaluators.errors import TaskError, TrialFailure
 from evaluators.hardware import default_threads, dtype_name, resolve_device, resolve_dtype
 from evaluators.tasks import get_task
+from nas.checkpoints import prune_checkpoints
 from nas.choices import make_pruner, make_sampler
 from nas.evolution import ON_REFUSAL, check_evolution_numbers, is_int
 from nas.hurdles import (DEFAULT_HURDLE_RULE, DEFAULT_HURDLE_SIGNAL, DEFAULT_MIN_TRIALS, DEFAULT_SELECTION_SIGNAL,
@@ -104,6 +105,9 @@ class SearchConfig:
     # Wall-clock seconds this run may start trials for (None: no limit). Not stored: a
     # resume gets its own, as with Optuna's `optimize(timeout=...)`.
     timeout_s: float | None = None
+    # Keep the weights of the K best trials and of the Pareto front only (nas.checkpoints);
+    # None: every trained trial's. A per-run policy like the timeout.
+    keep_checkpoints: int | None = None
     sampler: str = "evolution"
     pruner: str = "hurdles"
     device: str = "auto"
@@ -186,6 +190,8 @@ class Search:
             raise SearchError(f"--step-budget must be a positive number of training steps, got {cfg.step_budget}")
         if cfg.timeout_s is not None and not (cfg.timeout_s > 0 and math.isfinite(cfg.timeout_s)):
             raise SearchError(f"--timeout must be a positive duration, e.g. 90m or 8h, got {cfg.timeout_s}")
+        if cfg.keep_checkpoints is not None and not (is_int(cfg.keep_checkpoints) and cfg.keep_checkpoints >= 1):
+            raise SearchError(f"--keep-checkpoints must be a positive integer, got {cfg.keep_checkpoints}")
         if cfg.trials is None and cfg.step_budget is None and cfg.timeout_s is None:
             raise SearchError("nothing limits the search; give --trials N, --step-budget STEPS, --timeout or more")
         for flag, signal in (("--hurdle-signal", cfg.hurdle_signal), ("--selection-signal", cfg.selection_signal)):
@@ -452,6 +458,11 @@ class Search:
                 trial.set_user_attr("failure_message", str(e).strip().splitlines()[0] if str(e).strip() else e.reason)
                 raise
 
+        def keep_checkpoints(study: optuna.Study) -> None:
+            if self.cfg.keep_checkpoints is not None and inner.tables is not None:
+                prune_checkpoints(study, inner.tables, self.cfg.keep_checkpoints)
+
+        keep_checkpoints(study)  # a resume with a lower limit applies it at once
         target = self.cfg.trials
         step_budget = self.cfg.step_budget
         deadline = None if self.cfg.timeout_s is None else _clock() + self.cfg.timeout_s
@@ -481,6 +492,8 @@ class Search:
                     and n.failed < max_failures and not timed_out())
 
         def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            if trial.state == optuna.trial.TrialState.COMPLETE:
+                keep_checkpoints(study)
             if trial.state == optuna.trial.TrialState.FAIL:
                 # The caught exception's traceback holds the failed trial's model and
                 # optimizer state in a reference cycle; after an out-of-memory error the

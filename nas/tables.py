@@ -133,5 +133,17 @@ class Tables:
                 c.study == study, c.trial_number == trial_number)).first()
         return None if row is None else {"path": row[0], "arch_hash": row[1], "step": row[2]}
 
+    def checkpoints_of(self, study: str) -> list[dict]:
+        """Every checkpoint row of `study`: trial_number and path."""
+        c = checkpoints.c
+        with self.engine.connect() as con:
+            rows = con.execute(select(c.trial_number, c.path).where(c.study == study)).all()
+        return [{"trial_number": r[0], "path": r[1]} for r in rows]
+
+    def delete_checkpoints(self, study: str, trial_numbers: list[int]) -> None:
+        with self.engine.begin() as con:
+            con.execute(checkpoints.delete().where(checkpoints.c.study == study,
+                                                   checkpoints.c.trial_number.in_(trial_numbers)))
+
     def dispose(self) -> None:
         self.engine.dispose()

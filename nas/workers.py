@@ -48,7 +48,7 @@ def config_from_study(study: optuna.Study, args: argparse.Namespace) -> SearchCo
     return SearchConfig(
         study=args.study, storage=args.storage, space=space, task=stored["task"]["name"],
         task_options=stored["task"]["options"], latency_ms=stored["budget"]["latency_ms"],
-        memory_mb=stored["budget"]["memory_mb"], trials=trials_limit(args), step_budget=args.step_budget, timeout_s=args.timeout, sampler=args.sampler, pruner=args.pruner,
+        memory_mb=stored["budget"]["memory_mb"], trials=trials_limit(args), step_budget=args.step_budget, timeout_s=args.timeout, keep_checkpoints=args.keep_checkpoints, sampler=args.sampler, pruner=args.pruner,
         device=args.device, seed=args.seed, stages=tuple(stored["stages"]), population=args.population,
         tournament=args.tournament, mutation_prob=args.mutation_prob, hurdle_trials=args.hurdle_trials,
         hurdle_signal=args.hurdle_signal, hurdle_rule=args.hurdle_rule, selection_signal=args.selection_signal,
@@ -98,6 +98,8 @@ def _worker_argv(cfg: SearchConfig, quiet: bool) -> list[str]:
         argv += ["--step-budget", str(cfg.step_budget)]
     if cfg.timeout_s is not None:
         argv += ["--timeout", repr(cfg.timeout_s)]
+    if cfg.keep_checkpoints is not None:
+        argv += ["--keep-checkpoints", str(cfg.keep_checkpoints)]
     return argv + (["--quiet"] if quiet else [])
 
 

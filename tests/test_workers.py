@@ -271,7 +271,7 @@ def test_workers_get_the_search_limits(trials, step_budget, timeout_s):
 @pytest.mark.parametrize("over", [
     dict(sampler="tpe", pruner="median", seed=3, population=5, tournament=2, mutation_prob=0.4, hurdle_trials=3,
          hurdle_signal="fitness", hurdle_rule="fixed", selection_signal="fitness", budget_aware=False,
-         on_refusal="fresh"),
+         on_refusal="fresh", keep_checkpoints=3, timeout_s=7200.0),
     dict(),  # the defaults
 ])
 def test_workers_run_with_every_search_setting_of_the_command(tmp_path, over):
@@ -290,7 +290,8 @@ def test_workers_run_with_every_search_setting_of_the_command(tmp_path, over):
     args.storage = cfg.storage
     got = config_from_study(optuna.load_study(study_name="w", storage=cfg.storage), args)
     for name in ("sampler", "pruner", "seed", "population", "tournament", "mutation_prob", "hurdle_trials",
-                 "hurdle_signal", "hurdle_rule", "selection_signal", "budget_aware", "on_refusal", "trials"):
+                 "hurdle_signal", "hurdle_rule", "selection_signal", "budget_aware", "on_refusal", "trials",
+                 "keep_checkpoints", "timeout_s"):
         assert getattr(got, name) == getattr(cfg, name), name
 
 

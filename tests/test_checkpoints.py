@@ -1,0 +1,109 @@
+"""`--keep-checkpoints K`: the weights of the K best trials and of the Pareto front
+stay on disk, the others go; checked against sets computed here by hand and
+against the database and folder read back directly."""
+
+from __future__ import annotations
+
+import io
+import sqlite3
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState, create_trial
+
+from nas.checkpoints import kept_trials
+from nas.cli import main
+from nas.search import Search, SearchConfig, SearchError
+from nas.storage import default_url
+
+TINY_TASK = dict(vocab_size=16, seq_len=16, num_kv_pairs=2, n_valid=64, batch_size=16)
+
+
+def trial(number: int, value: float | None, latency: float, *, feasible: bool = True,
+          state: TrialState = TrialState.COMPLETE) -> optuna.trial.FrozenTrial:
+    t = create_trial(state=state, value=value if state == TrialState.COMPLETE else None,
+                     user_attrs={"latency_ms": latency},
+                     system_attrs={"constraints": (0.0,) if feasible else (1.0,)})
+    t.number = number
+    return t
+
+
+TRIALS = [
+    trial(0, 0.90, 5.0),
+    trial(1, 0.95, 8.0),   # the best
+    trial(2, 0.50, 1.0),   # the fastest
+    trial(3, 0.80, 6.0),   # beaten by trial 0 on both
+    trial(4, 0.99, 12.0, feasible=False),  # best fitness, over the budget
+    trial(5, 0.70, 2.0),
+    trial(6, None, 3.0, state=TrialState.PRUNED),
+    trial(7, 0.93, 9.0),   # second best, beaten by trial 1 on both
+    trial(8, 0.90, 5.0),   # ties trial 0: the earlier one ranks first
+]
+FRONT = {2, 5, 0, 1}  # by hand: sorted by latency, each fitter than all faster ones
+
+
+@pytest.mark.parametrize("keep, expected", [(1, FRONT), (2, FRONT | {7}), (3, FRONT | {7}), (4, FRONT | {7, 8}),
+                                            (100, FRONT | {3, 7, 8})])
+def test_kept_trials_are_the_best_k_and_the_pareto_front(keep, expected):
+    assert kept_trials(TRIALS, keep) == expected
+
+
+def test_keep_must_be_positive(tmp_path):
+    with pytest.raises(ValueError):
+        kept_trials(TRIALS, 0)
+    with pytest.raises(SearchError, match="--keep-checkpoints"):
+        Search(SearchConfig(study="k", storage=default_url("k", tmp_path), space="tiny", task_options=TINY_TASK,
+                            latency_ms=1000.0, keep_checkpoints=0), log=io.StringIO())
+
+
+def stored_checkpoints(db: Path) -> dict[int, str]:
+    con = sqlite3.connect(db)
+    try:
+        return dict(con.execute("SELECT trial_number, path FROM nas_checkpoints WHERE study = 'k'").fetchall())
+    finally:
+        con.close()
+
+
+def by_hand(study: optuna.Study, keep: int) -> set[int]:
+    """The K best complete feasible trials and the Pareto front, by brute force."""
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE
+            and all(c <= 0 for c in t.system_attrs.get("constraints", ()))]
+    best = sorted(done, key=lambda t: (-t.value, t.user_attrs["latency_ms"], t.number))[:keep]
+    front = [t for t in done if not any(
+        (o.value >= t.value and o.user_attrs["latency_ms"] <= t.user_attrs["latency_ms"])
+        and (o.value > t.value or o.user_attrs["latency_ms"] < t.user_attrs["latency_ms"]) for o in done)]
+    return {t.number for t in best} | {t.number for t in front}
+
+
+def test_a_search_keeps_the_best_and_the_front_and_a_resume_applies_a_lower_limit(tmp_path, capsys):
+    db = tmp_path / "k.db"
+    cfg = SearchConfig(study="k", storage=f"sqlite:///{db}", space="tiny", task="mqar", task_options=TINY_TASK,
+                       latency_ms=1000.0, trials=10, stages=(8,), pruner="none", sampler="random",
+                       measure_threads=1)
+    Search(cfg, log=io.StringIO()).run()
+    study = optuna.load_study(study_name="k", storage=cfg.storage)
+    trained = {t.number for t in study.trials if t.state == TrialState.COMPLETE}
+    everything = stored_checkpoints(db)
+    assert set(everything) == trained  # no limit: every trained trial's weights
+    assert all(Path(p).exists() for p in everything.values())
+
+    # The same study resumed with a limit: applied before any new trial.
+    Search(SearchConfig(**{**cfg.__dict__, "keep_checkpoints": 1}), log=io.StringIO()).run()
+    kept = stored_checkpoints(db)
+    assert set(kept) == by_hand(study, 1) and len(kept) < len(everything)
+    on_disk = {str(p.resolve()) for p in (tmp_path / "k" / "checkpoints").glob("*.pt")}
+    assert on_disk == set(kept.values())  # replays share their twin's file: sets, not counts
+
+    removed = min(set(everything) - set(kept))
+    code = main(["export", "k", "--storage", cfg.storage, "--trial", str(removed), "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--keep-checkpoints" in err and "--retrain" in err
+    best = min(by_hand(study, 1), key=lambda n: (-study.trials[n].value, study.trials[n].user_attrs["latency_ms"], n))
+    assert main(["export", "k", "--storage", cfg.storage, "--trial", str(best), "--out", str(tmp_path / "b")]) == 0
+
+    # Trials run under the limit are pruned as they finish (weights removed before stay removed).
+    Search(SearchConfig(**{**cfg.__dict__, "keep_checkpoints": 2, "trials": 16}), log=io.StringIO()).run()
+    study = optuna.load_study(study_name="k", storage=cfg.storage)
+    assert set(stored_checkpoints(db)) == by_hand(study, 2) & (set(kept) | {t.number for t in study.trials
+                                                                             if t.number > max(trained)})
