@@ -37,18 +37,37 @@ def kept_trials(trials: Trials, keep: int) -> set[int]:
     return {t.number for t in best_first(trials)[:keep]} | {t.number for t in pareto_front(trials)}
 
 
-def prune_checkpoints(study: optuna.Study, tables: Tables, keep: int) -> list[int]:
-    """Remove the checkpoints `kept_trials` does not keep, among finished trials;
-    returns the trial numbers whose checkpoint was removed."""
+def prune_checkpoints(study: optuna.Study, tables: Tables, keep: int) -> tuple[list[int], list[str]]:
+    """Remove the checkpoints `kept_trials` does not keep, among finished trials.
+
+    A file is removed first and its rows after, so a row never outlives its file
+    unnoticed: a file that cannot be removed (permissions, an immutable file) keeps
+    its rows, for a later prune, and is reported. A file that is not on this machine
+    (another machine's worker on a shared PostgreSQL study saved it) keeps its rows
+    too: that worker removes it when it next prunes. A file a kept row shares stays.
+    Returns (trial numbers whose checkpoint was removed, one line per file that could
+    not be)."""
     trials = study.get_trials(deepcopy=False)
     finished = {t.number for t in trials if t.state.is_finished()}
     kept = kept_trials(trials, keep)
     rows = tables.checkpoints_of(study.study_name)
-    drop = [r for r in rows if r["trial_number"] in finished and r["trial_number"] not in kept]
-    if not drop:
-        return []
-    tables.delete_checkpoints(study.study_name, [r["trial_number"] for r in drop])
-    still_used = {r["path"] for r in tables.checkpoints_of(study.study_name)}
-    for path in {r["path"] for r in drop} - still_used:
-        Path(path).unlink(missing_ok=True)
-    return sorted(r["trial_number"] for r in drop)
+    kept_paths = {r["path"] for r in rows if r["trial_number"] not in finished or r["trial_number"] in kept}
+    by_path: dict[str, list[int]] = {}
+    for r in rows:
+        if r["trial_number"] in finished and r["trial_number"] not in kept:
+            by_path.setdefault(r["path"], []).append(r["trial_number"])
+    removed, problems = [], []
+    for path, numbers in by_path.items():
+        if path not in kept_paths:
+            file = Path(path)
+            if not file.exists():
+                continue  # another machine's file, or removed by hand: its rows stay
+            try:
+                file.unlink()
+            except OSError as e:
+                problems.append(f"cannot remove checkpoint {path} ({e.strerror or e}); it stays, with its row")
+                continue
+        removed += numbers
+    if removed:
+        tables.delete_checkpoints(study.study_name, removed)
+    return sorted(removed), problems

@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from typing import Sequence
 
 from nas.choices import MEASURE_DTYPES, PRUNERS, SAMPLERS
@@ -106,6 +107,8 @@ def _add_search_args(p: argparse.ArgumentParser, *, worker: bool) -> None:
                    help="wall-clock time this run may start trials for, e.g. 3600, 90m or 8h; the trial running then "
                         "finishes, and the same command continues the study (with --trials or --step-budget too, "
                         "whichever comes first)")
+    # Set by `--workers K` for its worker processes: the command's start, which --timeout counts from.
+    p.add_argument("--started-at", type=float, default=None, help=argparse.SUPPRESS)
     p.add_argument("--keep-checkpoints", type=_positive_int, metavar="K",
                    help="keep the trained weights of the K best trials and of the Pareto front only (default: every "
                         "trained trial's); the others still export with --retrain")
@@ -196,6 +199,7 @@ def _search_config(args: argparse.Namespace, argv: Sequence[str]):
         study=args.study, storage=args.storage, space=args.space, task=args.task,
         task_options=_task_options(args.task_option), latency_ms=args.latency_ms, latency_fraction=args.latency_fraction, memory_mb=args.memory_mb,
         trials=trials_limit(args), step_budget=args.step_budget, timeout_s=args.timeout, keep_checkpoints=args.keep_checkpoints,
+        started_at=args.started_at if args.started_at is not None else time.time(),
         sampler=args.sampler, pruner=args.pruner, device=args.device, seed=args.seed,
         steps=args.steps, stages=args.stages, population=args.population, tournament=args.tournament,
         mutation_prob=args.mutation_prob, budget_aware=not args.no_budget_check, on_refusal=args.on_refusal,

@@ -449,13 +449,13 @@ def export(study_name: str, *, storage: str | None = None, trial: int | None = N
         raise NasError(f"--device {device} has no effect without --retrain (the weights are the search's); "
                        f"drop it, or pass --retrain STEPS to train on that device")
     study_name, storage = resolve_study(study_name, storage)
-    folder = Path(out) if out is not None else Path("exports") / study_name
-    _check_export_folder(folder, force)  # before a --retrain spends minutes
     check_study_name(study_name)  # the name goes into model.py's docstring: plain characters only
     url = storage or default_url(study_name)
     study = open_study(study_name, storage)
     t = pick_trial(study, trial)
     spec = trial_spec(t)
+    folder = Path(out) if out is not None else Path("exports") / study_name
+    _check_export_folder(folder, force)  # before a --retrain spends minutes
     state, weights_from = trained_weights(study, t, spec, url=url, retrain=retrain, device=device)
     model = model_with_weights(spec, state, t.number)  # refuses weights that do not fit
     header = f"{spec.depth}-layer transformer exported by nas from study {study_name}, trial {t.number}."
@@ -471,6 +471,9 @@ def export(study_name: str, *, storage: str | None = None, trial: int | None = N
 def _check_export_folder(folder: Path, force: bool) -> None:
     if folder.exists() and not folder.is_dir():
         raise NasError(f"--out {folder} is a file, not a folder; pass a folder path")
+    for name in EXPORT_FILES:  # renaming onto a folder would fail after the others were replaced
+        if (folder / name).is_dir():
+            raise NasError(f"{folder / name} is a folder; move it away or pass another --out")
     held = [name for name in EXPORT_FILES if (folder / name).exists()] if folder.is_dir() else []
     if held and not force:
         raise NasError(f"{folder} already holds an export ({', '.join(held)}); pass --force to replace it, "
@@ -478,8 +481,9 @@ def _check_export_folder(folder: Path, force: bool) -> None:
 
 
 def _write_export(folder: Path, state: dict[str, torch.Tensor], files: dict[str, str]) -> None:
-    created = not folder.exists()
+    created = [p for p in (folder, *folder.parents) if not p.exists()]  # innermost first
     partial = {name: folder / f".{name}.partial" for name in EXPORT_FILES}
+    done = False
     try:
         folder.mkdir(parents=True, exist_ok=True)
         torch.save(state, partial["weights.pt"])
@@ -487,13 +491,19 @@ def _write_export(folder: Path, state: dict[str, torch.Tensor], files: dict[str,
             partial[name].write_text(text)
         for name in EXPORT_FILES:
             partial[name].replace(folder / name)
+        done = True
     except (OSError, RuntimeError) as e:  # torch.save reports a file it cannot open as a RuntimeError
-        for p in partial.values():
-            p.unlink(missing_ok=True)
-        if created and folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
         why = (e.strerror or str(e)) if isinstance(e, OSError) else str(e).strip().splitlines()[-1]
         raise NasError(f"cannot write to {folder}: {why}; pass another --out") from None
+    finally:
+        if not done:  # also on Ctrl-C: no partial file (weights can be large), no folder made for nothing
+            for p in partial.values():
+                p.unlink(missing_ok=True)
+            for p in created:
+                try:
+                    p.rmdir()
+                except OSError:
+                    break  # not empty (or never made): the folders above it stay too
 
 
 def export_main(study: str, *, storage: str | None, trial: int | None, out: str | None, retrain: int | None,

@@ -105,6 +105,9 @@ class SearchConfig:
     # Wall-clock seconds this run may start trials for (None: no limit). Not stored: a
     # resume gets its own, as with Optuna's `optimize(timeout=...)`.
     timeout_s: float | None = None
+    # When the command started (wall clock, time.time()): the timeout counts from it, so
+    # `--workers K` processes, which start later, stop with the command. None: from run().
+    started_at: float | None = None
     # Keep the weights of the K best trials and of the Pareto front only (nas.checkpoints);
     # None: every trained trial's. A per-run policy like the timeout.
     keep_checkpoints: int | None = None
@@ -188,7 +191,8 @@ class Search:
             raise SearchError(f"--trials must be a positive number of finished trials, got {cfg.trials}")
         if cfg.step_budget is not None and cfg.step_budget <= 0:
             raise SearchError(f"--step-budget must be a positive number of training steps, got {cfg.step_budget}")
-        if cfg.timeout_s is not None and not (cfg.timeout_s > 0 and math.isfinite(cfg.timeout_s)):
+        if cfg.timeout_s is not None and not (isinstance(cfg.timeout_s, (int, float)) and not isinstance(cfg.timeout_s, bool)
+                                              and cfg.timeout_s > 0 and math.isfinite(cfg.timeout_s)):
             raise SearchError(f"--timeout must be a positive duration, e.g. 90m or 8h, got {cfg.timeout_s}")
         if cfg.keep_checkpoints is not None and not (is_int(cfg.keep_checkpoints) and cfg.keep_checkpoints >= 1):
             raise SearchError(f"--keep-checkpoints must be a positive integer, got {cfg.keep_checkpoints}")
@@ -458,14 +462,20 @@ class Search:
                 trial.set_user_attr("failure_message", str(e).strip().splitlines()[0] if str(e).strip() else e.reason)
                 raise
 
+        warned: set[str] = set()
+
         def keep_checkpoints(study: optuna.Study) -> None:
             if self.cfg.keep_checkpoints is not None and inner.tables is not None:
-                prune_checkpoints(study, inner.tables, self.cfg.keep_checkpoints)
+                for problem in prune_checkpoints(study, inner.tables, self.cfg.keep_checkpoints)[1]:
+                    if problem not in warned:  # once per file, not after every trial
+                        warned.add(problem)
+                        print(f"nas: warning: {problem}", file=sys.stderr)
 
         keep_checkpoints(study)  # a resume with a lower limit applies it at once
         target = self.cfg.trials
         step_budget = self.cfg.step_budget
-        deadline = None if self.cfg.timeout_s is None else _clock() + self.cfg.timeout_s
+        deadline = None if self.cfg.timeout_s is None else (
+            (self.cfg.started_at if self.cfg.started_at is not None else _clock()) + self.cfg.timeout_s)
         bar = _Progress(study, target, step_budget, self.log if progress else None)
         max_failures = max(target or 0, 10)
 
@@ -548,7 +558,9 @@ class Search:
         finally:
             started.sampled()
         bar.close()
-        if timed_out() and not reached(n):
+        if not reached(n) and n.failed >= max_failures:
+            self._print(f"stopped after {n.failed} failed trials; see `nas show {self.cfg.study}` for their reasons")
+        elif timed_out() and not reached(n):
             self._print(f"stopped: --timeout reached with {n.finished} finished trials; run the same command again "
                         f"to continue the study")
         elif idle(n) and not reached(n):
@@ -560,7 +572,7 @@ class Search:
         return study
 
 
-_clock = time.monotonic  # --timeout's clock (a test advances its own)
+_clock = time.time  # --timeout's clock: wall time, shared with worker processes (a test advances its own)
 
 
 def parse_duration(text: str) -> float:
@@ -581,12 +593,13 @@ def parse_duration(text: str) -> float:
 def _check_search_numbers(cfg: SearchConfig) -> None:
     """The sampler's and pruner's numbers, checked under their flags' names before
     anything is stored (the sampler and pruner themselves are built only later)."""
+    # Training seeds every candidate: unlike the sampler's, this seed cannot be None.
+    if not (is_int(cfg.seed) and cfg.seed >= 0):
+        raise SearchError(f"--seed must be a non-negative integer, got {cfg.seed!r}")
     try:
         if cfg.sampler == "evolution":
             check_evolution_numbers(cfg.population, cfg.tournament, cfg.mutation_prob, cfg.seed,
                                     names=("--population", "--tournament", "--mutation-prob", "--seed"))
-        elif not (is_int(cfg.seed) and cfg.seed >= 0):
-            raise ValueError(f"--seed must be a non-negative integer, got {cfg.seed!r}")
         check_min_trials(cfg.hurdle_trials, "--hurdle-trials")
     except ValueError as e:
         raise SearchError(str(e)) from None

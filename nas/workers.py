@@ -12,6 +12,7 @@ hurdles keep their state in storage, so the workers cooperate on one population.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import subprocess
 import sys
@@ -48,7 +49,8 @@ def config_from_study(study: optuna.Study, args: argparse.Namespace) -> SearchCo
     return SearchConfig(
         study=args.study, storage=args.storage, space=space, task=stored["task"]["name"],
         task_options=stored["task"]["options"], latency_ms=stored["budget"]["latency_ms"],
-        memory_mb=stored["budget"]["memory_mb"], trials=trials_limit(args), step_budget=args.step_budget, timeout_s=args.timeout, keep_checkpoints=args.keep_checkpoints, sampler=args.sampler, pruner=args.pruner,
+        memory_mb=stored["budget"]["memory_mb"], trials=trials_limit(args), step_budget=args.step_budget, timeout_s=args.timeout, started_at=args.started_at, keep_checkpoints=args.keep_checkpoints,
+        sampler=args.sampler, pruner=args.pruner,
         device=args.device, seed=args.seed, stages=tuple(stored["stages"]), population=args.population,
         tournament=args.tournament, mutation_prob=args.mutation_prob, hurdle_trials=args.hurdle_trials,
         hurdle_signal=args.hurdle_signal, hurdle_rule=args.hurdle_rule, selection_signal=args.selection_signal,
@@ -98,6 +100,8 @@ def _worker_argv(cfg: SearchConfig, quiet: bool) -> list[str]:
         argv += ["--step-budget", str(cfg.step_budget)]
     if cfg.timeout_s is not None:
         argv += ["--timeout", repr(cfg.timeout_s)]
+        if cfg.started_at is not None:
+            argv += ["--started-at", repr(cfg.started_at)]
     if cfg.keep_checkpoints is not None:
         argv += ["--keep-checkpoints", str(cfg.keep_checkpoints)]
     return argv + (["--quiet"] if quiet else [])
@@ -107,7 +111,8 @@ def run_parallel(cfg: SearchConfig, workers: int, *, quiet: bool = False) -> int
     """Create/resume the study here, then run `workers` worker processes on it."""
     if workers < 1:
         raise NasError(f"--workers must be at least 1, got {workers}")
-    started = time.monotonic()
+    if cfg.timeout_s is not None and cfg.started_at is None:  # the workers' timeout counts from now
+        cfg = dataclasses.replace(cfg, started_at=time.time())
     search = Search(cfg)  # validates everything and creates the study once, before any worker starts
     url = search.url
     gpus = (worker_gpus(workers, search.device, os.environ.get("CUDA_VISIBLE_DEVICES"), torch.cuda.device_count())
@@ -131,8 +136,6 @@ def run_parallel(cfg: SearchConfig, workers: int, *, quiet: bool = False) -> int
         env[STORAGE_ENV] = url
         argv = _worker_argv(cfg, quiet)
         argv[argv.index("--seed") + 1] = str(cfg.seed + i)
-        if cfg.timeout_s is not None:  # counted from this command's start, not the worker's
-            argv[argv.index("--timeout") + 1] = repr(max(cfg.timeout_s - (time.monotonic() - started), 1e-3))
         if gpus:  # the worker sees its one GPU only, as cuda:0
             argv[argv.index("--device") + 1] = "cuda"
         procs.append(subprocess.Popen(argv, env=env))

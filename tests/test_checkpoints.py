@@ -107,3 +107,60 @@ def test_a_search_keeps_the_best_and_the_front_and_a_resume_applies_a_lower_limi
     study = optuna.load_study(study_name="k", storage=cfg.storage)
     assert set(stored_checkpoints(db)) == by_hand(study, 2) & (set(kept) | {t.number for t in study.trials
                                                                              if t.number > max(trained)})
+
+
+def test_prune_spares_running_trials_unremovable_and_other_machines_files(tmp_path):
+    """Rows and files read back directly: a RUNNING trial's weights (saved before it is
+    stored COMPLETE) stay; a file that cannot be removed keeps its row and is reported;
+    a file not on this machine keeps its row; a file a kept trial shares stays."""
+    import shutil
+    import subprocess
+
+    from nas.checkpoints import prune_checkpoints
+    from nas.tables import Tables
+
+    url = f"sqlite:///{tmp_path / 'k.db'}"
+    study = optuna.create_study(study_name="k", storage=url, direction="maximize")
+    for t in TRIALS:
+        study.add_trial(create_trial(state=t.state, value=t.value, user_attrs=t.user_attrs,
+                                     system_attrs=t.system_attrs))
+    running = study.ask()  # trial 9, mid-training elsewhere
+    tables = Tables(url)
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+
+    def save(number: int, name: str | None = None) -> Path:
+        path = folder / (name or f"trial_{number}.pt")
+        path.write_bytes(b"weights")
+        tables.put_checkpoint("k", number, str(path), "hash", 8)
+        return path
+
+    for n in (0, 1, 2, 5):  # kept with keep=1 (FRONT)
+        save(n)
+    save(3)  # to remove
+    shared = save(7, "shared.pt")
+    tables.put_checkpoint("k", 1, str(shared), "hash", 8)  # kept trial 1 now points at trial 7's file
+    elsewhere = folder / "other-machine" / "trial_8.pt"
+    tables.put_checkpoint("k", 8, str(elsewhere), "hash", 8)  # never on this disk
+    save(running.number)
+
+    locked = save(4)  # over the budget, so not kept
+    immutable = bool(shutil.which("chattr")) and subprocess.run(["chattr", "+i", str(locked)],
+                                                                capture_output=True).returncode == 0
+    try:
+        removed, problems = prune_checkpoints(study, tables, 1)
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(locked)], check=True)
+    rows = {r["trial_number"]: r["path"] for r in tables.checkpoints_of("k")}
+    assert 3 not in rows and not (folder / "trial_3.pt").exists()
+    assert 7 not in rows and shared.exists() and rows[1] == str(shared)
+    assert rows[8] == str(elsewhere)
+    assert rows[running.number] == str(folder / f"trial_{running.number}.pt")
+    assert all(Path(rows[n]).exists() for n in (0, 2, 5, running.number))
+    if immutable:
+        assert 4 in rows and locked.exists()
+        assert len(problems) == 1 and "cannot remove checkpoint" in problems[0] and str(locked) in problems[0]
+        assert removed == [3, 7]
+    else:
+        assert 4 not in rows and problems == [] and removed == [3, 4, 7]

@@ -358,10 +358,18 @@ def test_an_existing_export_is_kept_unless_forced(trained, tmp_path, capsys):
     code, _, err = cli(capsys, "export", "ex", "--storage", url, "--out", str(out))
     assert_one_line_error(code, err, "already holds an export", "--force", "--out")
     assert _folder_bytes(out) == before
-    # Refused before a --retrain spends its steps: no "retrained" card appears either.
-    code, _, err = cli(capsys, "export", "ex", "--storage", url, "--out", str(out), "--retrain", "2", "--device", "cpu")
+    # Refused before a --retrain spends its steps: training is never reached.
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before the folder was checked")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("nas.export.trained_weights", no_training)
+        code, _, err = cli(capsys, "export", "ex", "--storage", url, "--out", str(out), "--retrain", "2", "--device", "cpu")
     assert_one_line_error(code, err, "already holds an export")
     assert _folder_bytes(out) == before
+    # A study that does not exist is named as such, not as an occupied folder.
+    code, _, err = cli(capsys, "export", "nosuch", "--storage", url, "--out", str(out))
+    assert_one_line_error(code, err, "no study 'nosuch'")
 
     code, _, err = cli(capsys, "export", "ex", "--storage", url, "--out", str(out), "--force")
     assert code == 0, err
@@ -396,7 +404,36 @@ def test_a_failed_write_leaves_the_earlier_export_whole(trained, tmp_path, capsy
     assert_one_line_error(code, err, "cannot write", "No space left on device")
     assert _folder_bytes(out) == before  # no file replaced, no partial file left
 
-    new = tmp_path / "new" / "export"
+    new = tmp_path / "new" / "deeper" / "export"
     code, _, err = cli(capsys, "export", "ex", "--storage", url, "--out", str(new))
     assert_one_line_error(code, err, "cannot write")
-    assert not new.exists()
+    assert not (tmp_path / "new").exists()  # no folder left behind, the ones above it included
+
+
+def test_an_export_file_name_taken_by_a_folder_is_refused_before_writing(trained, tmp_path, capsys):
+    url, out = trained["url"], tmp_path / "export"
+    assert cli(capsys, "export", "ex", "--storage", url, "--out", str(out))[0] == 0
+    (out / "card.md").unlink()
+    (out / "card.md").mkdir()
+    before = _folder_bytes_deep(out)
+    code, _, err = cli(capsys, "export", "ex", "--storage", url, "--out", str(out), "--force")
+    assert_one_line_error(code, err, "card.md is a folder")
+    assert _folder_bytes_deep(out) == before  # weights.pt not replaced alone
+
+
+def _folder_bytes_deep(folder: Path) -> dict[str, bytes | None]:
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None) for p in sorted(folder.rglob("*"))}
+
+
+def test_ctrl_c_while_writing_leaves_no_partial_file(trained, tmp_path, capsys, monkeypatch):
+    url, out = trained["url"], tmp_path / "export"
+    real_save = torch.save
+
+    def interrupted(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("nas.export.torch.save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        nas.export.export("ex", storage=url, out=out)
+    assert not out.exists()

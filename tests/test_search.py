@@ -933,6 +933,23 @@ def test_timeout_stops_starting_trials_and_the_same_command_continues(tmp_path, 
     assert len(optuna.load_study(study_name="t", storage=cfg.storage).trials) == 5
 
 
+def test_timeout_counts_from_the_command_start(tmp_path):
+    # A worker of `--workers K` gets the command's start: if the time is spent by the
+    # time the worker is ready, it starts no trial (nothing past the command's timeout).
+    cfg = tiny_config(tmp_path, trials=None, timeout_s=5.0, started_at=time.time() - 10.0, warm_start=False)
+    log = io.StringIO()
+    Search(cfg, log=log).run()
+    assert optuna.load_study(study_name="t", storage=cfg.storage).trials == []
+    assert "stopped: --timeout reached with 0 finished trials" in log.getvalue()
+
+
+def test_seed_and_timeout_of_the_wrong_type_are_refused(tmp_path):
+    with pytest.raises(SearchError, match="--seed must be a non-negative integer"):
+        Search(tiny_config(tmp_path, seed=None), log=io.StringIO())
+    with pytest.raises(SearchError, match="--timeout must be a positive duration"):
+        Search(tiny_config(tmp_path, timeout_s="1h"), log=io.StringIO())
+
+
 def test_timeout_must_be_positive(tmp_path):
     with pytest.raises(SearchError, match="--timeout must be a positive duration"):
         Search(tiny_config(tmp_path, timeout_s=0.0), log=io.StringIO())

@@ -257,21 +257,23 @@ def test_study_files_get_the_journal_mode_of_the_library(tmp_path, monkeypatch, 
                                                           (None, None, 5400.0), (12, None, 0.125)])
 def test_workers_get_the_search_limits(trials, step_budget, timeout_s):
     """The `nas worker` command line that `--workers K` starts carries --trials,
-    --step-budget and --timeout as given, and the worker parses them back to the
-    same limits."""
+    --step-budget, --timeout and the command's start as given, and the worker parses
+    them back to the same limits."""
     from nas.cli import build_parser, trials_limit
     from nas.search import SearchConfig
     from nas.workers import _worker_argv
 
-    cfg = SearchConfig(study="s", trials=trials, step_budget=step_budget, timeout_s=timeout_s)
+    cfg = SearchConfig(study="s", trials=trials, step_budget=step_budget, timeout_s=timeout_s,
+                       started_at=1_800_000_000.25)
     args = build_parser().parse_args(_worker_argv(cfg, quiet=True)[3:])
     assert (trials_limit(args), args.step_budget, args.timeout) == (trials, step_budget, timeout_s)
+    assert args.started_at == (None if timeout_s is None else 1_800_000_000.25)
 
 
 @pytest.mark.parametrize("over", [
     dict(sampler="tpe", pruner="median", seed=3, population=5, tournament=2, mutation_prob=0.4, hurdle_trials=3,
          hurdle_signal="fitness", hurdle_rule="fixed", selection_signal="fitness", budget_aware=False,
-         on_refusal="fresh", keep_checkpoints=3, timeout_s=7200.0),
+         on_refusal="fresh", keep_checkpoints=3, timeout_s=7200.0, started_at=1_800_000_000.5),
     dict(),  # the defaults
 ])
 def test_workers_run_with_every_search_setting_of_the_command(tmp_path, over):
@@ -291,7 +293,7 @@ def test_workers_run_with_every_search_setting_of_the_command(tmp_path, over):
     got = config_from_study(optuna.load_study(study_name="w", storage=cfg.storage), args)
     for name in ("sampler", "pruner", "seed", "population", "tournament", "mutation_prob", "hurdle_trials",
                  "hurdle_signal", "hurdle_rule", "selection_signal", "budget_aware", "on_refusal", "trials",
-                 "keep_checkpoints", "timeout_s"):
+                 "keep_checkpoints", "timeout_s", "started_at"):
         assert getattr(got, name) == getattr(cfg, name), name
 
 
