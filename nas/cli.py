@@ -156,6 +156,9 @@ def _add_search_args(p: argparse.ArgumentParser, *, worker: bool) -> None:
                         "constant, with which capable architectures learn the default task far more often; 0.1 was the default before)")
     p.add_argument("--workers", type=_positive_int, default=1, help="worker processes on this machine (one per GPU, or CPU threads split)")
     p.add_argument("--measure-threads", type=int, help="CPU threads for latency measurement (default 1: the most repeatable)")
+    p.add_argument("--measure-batch", type=_positive_int, metavar="B",
+                   help="batch size latency and memory are measured at: the one you deploy at, e.g. 1 (default: the "
+                        "task's training batch; a resumed study keeps its own)")
     p.add_argument("--measure-dtype", choices=MEASURE_DTYPES, default="auto",
                    help="precision latency and memory are measured in (default auto: bfloat16 on a GPU that "
                         "supports it, as training runs there; float32 on the CPU; a resumed study keeps its own)")
@@ -207,6 +210,7 @@ def _search_config(args: argparse.Namespace, argv: Sequence[str]):
         hurdle_signal=args.hurdle_signal, hurdle_rule=args.hurdle_rule,
         selection_signal=args.selection_signal, warm_start=not args.no_warm_start,
         command=command_line(list(argv)), measure_threads=args.measure_threads, measure_dtype=args.measure_dtype,
+        measure_batch=args.measure_batch,
         train_options={k: v for k, v in (("lr", args.lr), ("min_lr_ratio", args.min_lr_ratio)) if v is not None},
     )
 

@@ -138,6 +138,9 @@ class SearchConfig:
     # supports it, as training runs there; float32 otherwise), "float32", "bfloat16",
     # "float16". A resumed study keeps its own unless another is asked for.
     measure_dtype: str = "auto"
+    # The batch size latency and memory are measured at: the deployment's (e.g. 1 for
+    # one request at a time). None: the task's training batch (or, on resume, the study's).
+    measure_batch: int | None = None
     train_options: dict[str, Any] = field(default_factory=dict)  # the Trainer's options asked for, over DEFAULT_TRAIN_OPTIONS
     command: str | None = None  # the command line that started the study, password redacted
 
@@ -228,6 +231,10 @@ class Search:
         # One thread by default on CPU: two passes over the same architectures rank
         # them far more consistently than with all cores (benchmarks/latency.py).
         self.threads = cfg.measure_threads or default_threads()
+        if cfg.measure_batch is not None and not (is_int(cfg.measure_batch) and cfg.measure_batch >= 1):
+            raise SearchError(f"--measure-batch must be a positive integer (the batch size you deploy at), "
+                              f"got {cfg.measure_batch!r}")
+        self.measure_batch = cfg.measure_batch or self.task.batch_size
         try:
             self.dtype = resolve_dtype(cfg.measure_dtype, self.device)
         except ValueError as e:
@@ -256,7 +263,7 @@ class Search:
             "budget": {"latency_ms": budget.latency_ms, "memory_mb": budget.memory_mb},
             "device": device_key(self.device, self.threads),
             "stages": list(self.stages),
-            "measure_batch": self.task.batch_size,
+            "measure_batch": self.measure_batch,
             "measure_dtype": dtype_name(self.dtype),
         }
 
@@ -278,6 +285,8 @@ class Search:
             stored = {**STORED_DEFAULTS, **stored}
             if cfg.measure_dtype == "auto":  # not asked for: keep the study's
                 self.dtype = resolve_dtype(stored["measure_dtype"], self.device)
+            if cfg.measure_batch is None and stored.get("measure_batch"):  # likewise
+                self.measure_batch = int(stored["measure_batch"])
             budget = Budget(
                 cfg.latency_ms if cfg.latency_ms is not None else stored["budget"]["latency_ms"],
                 cfg.memory_mb if cfg.memory_mb is not None else stored["budget"]["memory_mb"],
@@ -324,7 +333,7 @@ class Search:
         tables = Tables(self.url)
         try:
             for spec, m in measured:
-                key = measure_key(spec, device=self.device, batch_size=self.task.batch_size, threads=self.threads,
+                key = measure_key(spec, device=self.device, batch_size=self.measure_batch, threads=self.threads,
                                   dtype=self.dtype)
                 tables.put_measurement(key, m.latency, m.memory)
         finally:
@@ -344,7 +353,7 @@ class Search:
         cheapest = self.space.cheapest(shape)
 
         def time_cheapest() -> Measurement:
-            return measure(cheapest, device=self.device, batch_size=self.task.batch_size, tables=None,
+            return measure(cheapest, device=self.device, batch_size=self.measure_batch, tables=None,
                            threads=self.threads, dtype=self.dtype, seed=cfg.seed)
 
         m = time_cheapest()
@@ -356,7 +365,7 @@ class Search:
             r = m  # no vanilla transformer in the space: the cheapest one, measured above
             if vanilla:
                 ref = _spec_from_params(self.space, vanilla, shape)
-                r = measure(ref, device=self.device, batch_size=self.task.batch_size, tables=None,
+                r = measure(ref, device=self.device, batch_size=self.measure_batch, tables=None,
                             threads=self.threads, dtype=self.dtype, seed=cfg.seed)
                 measured.append((ref, r))
             reference = "vanilla transformer" if vanilla else "cheapest architecture"
@@ -365,10 +374,10 @@ class Search:
             self.budget_origin = {"latency_fraction": fraction, "reference": reference, "reference_latency_ms": r.latency_ms}
             if cfg.latency_fraction is None:
                 self._print(f"no --latency-ms given: budget = measured latency of the {reference} "
-                            f"({latency_ms:.3f} ms per batch of {self.task.batch_size} on {self.device.type})")
+                            f"({latency_ms:.3f} ms per batch of {self.measure_batch} on {self.device.type})")
             else:
                 self._print(f"budget = {fraction:g} x the measured latency of the {reference} ({r.latency_ms:.3f} ms) "
-                            f"= {latency_ms:.3f} ms per batch of {self.task.batch_size} on {self.device.type}")
+                            f"= {latency_ms:.3f} ms per batch of {self.measure_batch} on {self.device.type}")
         # A budget equal to the vanilla transformer's latency can be met by construction: that
         # transformer's own measurement, cached below, is the budget. Checking the
         # cheapest architecture against it would only compare two noisy timings of
@@ -405,7 +414,7 @@ class Search:
         return Objective(
             study_name=self.cfg.study, task=self.task, space=self.space, budget=self.budget,
             device=self.device, stages=self.stages, tables=Tables(self.url), checkpoint_dir=ckpt_root,
-            seed=self.cfg.seed, measure_batch=self.task.batch_size, threads=self.threads, dtype=self.dtype,
+            seed=self.cfg.seed, measure_batch=self.measure_batch, threads=self.threads, dtype=self.dtype,
             train_options=self.train_options,
             search_info={"sampler": self.cfg.sampler, "pruner": self.cfg.pruner, "hurdle_trials": self.cfg.hurdle_trials,
                          "hurdle_signal": self.cfg.hurdle_signal, "hurdle_rule": self.cfg.hurdle_rule,

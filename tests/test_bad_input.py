@@ -275,7 +275,7 @@ def test_unknown_measure_dtype(capsys, db):
 @pytest.mark.parametrize("flag, value", [
     ("--seed", "-1"), ("--population", "0"), ("--tournament", "0"), ("--tournament", "20"),
     ("--mutation-prob", "2"), ("--mutation-prob", "-0.5"), ("--hurdle-trials", "0"), ("--steps", "0"),
-    ("--measure-threads", "-1"),
+    ("--measure-threads", "-1"), ("--measure-batch", "0"), ("--keep-checkpoints", "0"),
 ], ids=lambda x: x)
 def test_bad_search_numbers_are_refused_before_anything_is_stored(capsys, db, flag, value):
     before = stored(db)

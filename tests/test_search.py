@@ -971,3 +971,44 @@ def test_parse_duration_refuses(text):
 
     with pytest.raises(ValueError, match="duration"):
         parse_duration(text)
+
+
+# ---- --measure-batch: the budget at the deployment's batch size ----------------------------
+def _measured_batches(db) -> set[int]:
+    import sqlite3
+
+    con = sqlite3.connect(db)
+    try:
+        return {r[0] for r in con.execute("SELECT batch_size FROM nas_measurements")}
+    finally:
+        con.close()
+
+
+def test_measure_batch_is_where_latency_is_measured_and_is_kept_on_resume(tmp_path):
+    cfg = tiny_config(tmp_path, trials=3, measure_batch=1, pruner="none")
+    log = io.StringIO()
+    Search(cfg, log=log).run()
+    db = tmp_path / "t.db"
+    assert _measured_batches(db) == {1}  # the task trains at batch 16; nothing was measured there
+    study = optuna.load_study(study_name="t", storage=cfg.storage)
+    assert study.user_attrs["nas:config"]["measure_batch"] == 1
+
+    # A resume (or a worker) that does not ask keeps the study's batch ...
+    resumed = Search(tiny_config(tmp_path, trials=5, pruner="none"), log=io.StringIO())
+    assert resumed.measure_batch == 1
+    resumed.run()
+    assert _measured_batches(db) == {1}
+    from nas.cli import build_parser
+    from nas.workers import config_from_study
+
+    args = build_parser().parse_args(["worker", "--study", "t", "--storage", cfg.storage, "--trials", "5"])
+    assert Search(config_from_study(study, args), create=False, log=io.StringIO()).measure_batch == 1
+    # ... and one that asks for another is refused, naming it.
+    with pytest.raises(SearchError, match="measure_batch"):
+        Search(tiny_config(tmp_path, trials=5, measure_batch=16), log=io.StringIO())
+
+
+def test_measure_batch_must_be_positive(tmp_path):
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(SearchError, match="--measure-batch must be a positive integer"):
+            Search(tiny_config(tmp_path, measure_batch=bad), log=io.StringIO())
