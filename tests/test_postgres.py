@@ -101,7 +101,7 @@ def env(**extra: str) -> dict[str, str]:
 def test_two_workers_on_postgres(postgres_url, tmp_path):
     cmd = [sys.executable, "-m", "nas.cli", "search", "--study", "p", "--storage", postgres_url, "--space", "tiny", *TASK,
            "--latency-ms", "1000", "--trials", "8", "--stages", "1,4", "--population", "3", "--tournament", "2",
-           "--hurdle-trials", "2", "--workers", "2"]
+           "--hurdle-trials", "2", "--workers", "2", "--keep-checkpoints", "1"]
     done = subprocess.run(cmd, cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:].replace(SECRET, "<leaked>")
     # A worker joining "from another machine" with the URL in the environment only.
@@ -114,6 +114,8 @@ def test_two_workers_on_postgres(postgres_url, tmp_path):
     for p in (done, joined, shown):
         assert SECRET not in p.stdout + p.stderr
 
+    import psycopg2
+
     from nas.storage import open_storage
 
     study = optuna.load_study(study_name="p", storage=open_storage(postgres_url, heartbeat=False))
@@ -124,13 +126,24 @@ def test_two_workers_on_postgres(postgres_url, tmp_path):
     assert finished == len(states) and 8 <= finished <= 9, [s.name for s in states]
     assert len({t.user_attrs["worker"] for t in study.trials}) == 2
 
+    # --keep-checkpoints 1, applied by two workers at once: only the best's and the
+    # Pareto front's weights are left, rows and files alike.
+    from nas.checkpoints import kept_trials
+    from nas.results import best_feasible
+
+    con = psycopg2.connect(postgres_url)
+    cur = con.cursor()
+    cur.execute("SELECT trial_number, path FROM nas_checkpoints WHERE study = 'p'")
+    rows = dict(cur.fetchall())
+    con.close()
+    assert set(rows) <= kept_trials(study.trials, 1) and best_feasible(study).number in rows, rows
+    assert {str(p.resolve()) for p in (tmp_path / "studies" / "p" / "checkpoints").glob("*.pt")} == set(rows.values())
+
     # The password is nowhere in what was stored.
     assert "***" in study.user_attrs["nas:command"]
     blob = json.dumps([study.user_attrs] +
                       [[t.user_attrs, t.system_attrs, t.params] for t in study.trials], default=str)
     assert SECRET not in blob
-    import psycopg2
-
     con = psycopg2.connect(postgres_url)
     cur = con.cursor()
     for table in ("studies", "study_user_attributes", "study_system_attributes", "trial_user_attributes", "trial_system_attributes", "nas_checkpoints",
