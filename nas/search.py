@@ -9,6 +9,7 @@ the difference, before anything is stored.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import gc
 import json
@@ -20,7 +21,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, Callable, Iterator, TextIO
 
 import optuna
 import torch
@@ -38,6 +39,7 @@ from nas.objective import Budget, Measurement, Objective, device_key, measure, m
 from nas.results import FINISHED, best_feasible, finished_count, steps_spent, summary_table, total_steps_spent
 from nas.storage import GRACE_PERIOD, STUDIES_DIR, check_storage, check_study_name, default_url, open_storage, redact, sqlite_path
 from nas.tables import Tables
+from nas.trial_slots import TargetReached, study_lock
 from search_spaces import ArchSpec, SearchSpace, SpecError, load_space
 
 CONFIG_ATTR = "nas:config"
@@ -422,6 +424,18 @@ class Search:
                          "on_refusal": self.cfg.on_refusal},
         )
 
+    @contextlib.contextmanager
+    def trial_slot(self, study_id: int) -> Iterator[None]:
+        """Around the creation of a new trial: count the study's finished and running
+        trials under its lock (nas.trial_slots) and refuse (TargetReached) when they
+        make `--trials`, else hold the lock until the trial is created. Two workers can
+        then no longer both take the last slot."""
+        with study_lock(self.url, self.cfg.study, getattr(self.storage, "engine", None)):
+            n = _Tally.of_trials(self.storage.get_all_trials(study_id, deepcopy=False))
+            if self.cfg.trials is not None and n.finished + n.running >= self.cfg.trials:
+                raise TargetReached
+            yield
+
     def load(self, objective: Objective | None = None) -> optuna.Study:
         """The study with this worker's sampler and pruner; given the `objective`
         it will run, evolution checks its children against that objective's budget
@@ -457,7 +471,8 @@ class Search:
         inner = self.objective()
         study = self.load(inner)
         worker = f"{socket.gethostname()}:{os.getpid()}"
-        started = _TrialStarts(study._storage)
+        target = self.cfg.trials
+        started = _TrialStarts(study._storage, slot=self.trial_slot)
 
         def objective(trial: optuna.Trial) -> float:
             started.sampled()  # Optuna's own heartbeat runs from here on
@@ -481,7 +496,6 @@ class Search:
                         print(f"nas: warning: {problem}", file=sys.stderr)
 
         keep_checkpoints(study)  # a resume with a lower limit applies it at once
-        target = self.cfg.trials
         step_budget = self.cfg.step_budget
         deadline = None if self.cfg.timeout_s is None else (
             (self.cfg.started_at if self.cfg.started_at is not None else _clock()) + self.cfg.timeout_s)
@@ -542,8 +556,11 @@ class Search:
                 n = _Tally.of(study)
                 if more_to_do(n):
                     remaining = None if target is None else max(target - n.finished - n.running, 0) + n.pending_retries
-                    study.optimize(objective, n_trials=remaining, catch=(TrialFailure, SpecError),
-                                   callbacks=[callback], gc_after_trial=False)
+                    try:
+                        study.optimize(objective, n_trials=remaining, catch=(TrialFailure, SpecError),
+                                       callbacks=[callback], gc_after_trial=False)
+                    except TargetReached:
+                        continue  # another worker took the last slot: read the study again (and wait)
                 elif spoken_for(n) and not reached(n) and n.failed < max_failures and not timed_out():
                     # Other workers' trials would reach the target: wait for them rather than
                     # leave, so that if one of them dies its retry (re-queued once its
@@ -628,15 +645,20 @@ class _TrialStarts:
     (`get_heartbeat_thread`). `last` holds (id, taken from the queue) of the last
     such trial, for `_fail_if_running` after a Ctrl-C or an error while sampling."""
 
-    def __init__(self, storage: optuna.storages.BaseStorage) -> None:
+    def __init__(self, storage: optuna.storages.BaseStorage, *,
+                 slot: Callable[[int], contextlib.AbstractContextManager[None]] | None = None) -> None:
         self.last: list[tuple[int, bool]] = []
         self._storage = storage
         self._beat: Any = None
         create, set_state = storage.create_new_trial, storage.set_trial_state_values
 
         def create_new_trial(study_id: int, template_trial: optuna.trial.FrozenTrial | None = None) -> int:
-            trial_id = create(study_id, template_trial)
-            if template_trial is None or template_trial.state == optuna.trial.TrialState.RUNNING:
+            new = template_trial is None or template_trial.state == optuna.trial.TrialState.RUNNING
+            # A new trial takes a slot toward the target: `slot` counts and may refuse
+            # (TargetReached) under the study's lock. Queued copies and added trials do not.
+            with (slot(study_id) if new and slot is not None else contextlib.nullcontext()):
+                trial_id = create(study_id, template_trial)
+            if new:
                 self._started(trial_id, queued=False)
             return trial_id
 
@@ -703,7 +725,10 @@ class _Tally:
 
     @classmethod
     def of(cls, study: optuna.Study) -> "_Tally":
-        trials = study.get_trials(deepcopy=False)
+        return cls.of_trials(study.get_trials(deepcopy=False))
+
+    @classmethod
+    def of_trials(cls, trials: list[optuna.trial.FrozenTrial]) -> "_Tally":
         durations = [t.duration.total_seconds() for t in trials if t.state in FINISHED and t.duration is not None]
         # A RUNNING trial far older than the longest trial ever took is an orphan with no
         # heartbeat to expire it (a process that died before its first heartbeat, or a

@@ -129,10 +129,10 @@ def test_sqlite_four_workers_sixty_trials(tmp_path):
     assert_numbers_dense(study)
     states = [t.state for t in study.trials]
     finished = sum(s in FINISHED for s in states)
-    # No worker starts a trial once 60 are finished or running; only two workers that
-    # read the study within the same few milliseconds, each before the other's new
-    # trial is stored, can both start one (up to 63 before workers counted running trials).
-    assert 60 <= finished <= 61, finished
+    # No worker starts a trial once 60 are finished or running, and the count and the new
+    # trial are taken under the study's lock (nas.trial_slots): exactly 60. (Up to 63 before
+    # workers counted running trials; 60 or 61 before the lock.)
+    assert finished == 60, finished
     assert finished == len(states), [s.name for s in states]  # nothing RUNNING, FAIL or WAITING
     workers = {t.user_attrs["worker"] for t in study.trials}
     assert len(workers) == 4, workers
@@ -319,3 +319,47 @@ def test_no_visible_gpu_is_a_clear_error():
 
     with pytest.raises(NasError, match="no CUDA device is visible"):
         worker_gpus(2, torch.device("cuda"), "", 0)
+
+
+def test_two_workers_cannot_both_take_the_last_slot(tmp_path):
+    """Two workers (here threads, each with its own Search and database connection)
+    reach the last slot together: the second counts only after the first has created
+    its trial, so it is refused, and the study gets one trial, not two. Without the
+    lock the second counts while the first is still between counting and creating."""
+    import threading
+
+    from nas.search import Search, SearchConfig
+    from nas.trial_slots import TargetReached
+
+    cfg = SearchConfig(study="s", storage=f"sqlite:///{tmp_path / 's.db'}", space="tiny", latency_ms=1000.0,
+                       trials=3, warm_start=False, measure_threads=1)
+    searches = [Search(cfg, log=io.StringIO()), Search(cfg, log=io.StringIO())]
+    study = optuna.load_study(study_name="s", storage=cfg.storage)
+    for _ in range(2):
+        study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.COMPLETE, value=0.5))
+    study_id = study._study_id
+    inside, outcome = threading.Event(), {}
+
+    def first() -> None:
+        with searches[0].trial_slot(study_id):
+            inside.set()
+            time.sleep(0.5)  # between counting and creating
+            searches[0].storage.create_new_trial(study_id)
+
+    def second() -> None:
+        inside.wait(5)
+        try:
+            with searches[1].trial_slot(study_id):
+                searches[1].storage.create_new_trial(study_id)
+            outcome["second"] = "created"
+        except TargetReached:
+            outcome["second"] = "refused"
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert outcome == {"second": "refused"}
+    states = [t.state for t in optuna.load_study(study_name="s", storage=cfg.storage).trials]
+    assert states.count(optuna.trial.TrialState.RUNNING) == 1 and len(states) == 3
