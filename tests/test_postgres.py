@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import optuna
@@ -205,39 +204,15 @@ def test_show_and_export_leave_a_foreign_database_alone(postgres_url, capsys, tm
 def test_the_last_slot_is_taken_once_on_postgres(postgres_url, tmp_path):
     """The advisory lock: a second worker that reaches the last slot while the first is
     between counting and creating its trial is refused once the first has created it."""
-    import threading
+    from slot_race import race_for_last_slot
 
     from nas.search import Search, SearchConfig
-    from nas.trial_slots import TargetReached
+    from nas.storage import open_storage
 
     cfg = SearchConfig(study="slot", storage=postgres_url, space="tiny", latency_ms=1000.0, trials=2,
                        warm_start=False, measure_threads=1)
-    from nas.storage import open_storage
-
     searches = [Search(cfg, log=io.StringIO()), Search(cfg, log=io.StringIO())]
     study = optuna.load_study(study_name="slot", storage=open_storage(postgres_url, heartbeat=False))
     study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.COMPLETE, value=0.5))
-    inside, outcome = threading.Event(), {}
-
-    def first() -> None:
-        with searches[0].trial_slot(study._study_id):
-            inside.set()
-            time.sleep(0.5)
-            searches[0].storage.create_new_trial(study._study_id)
-
-    def second() -> None:
-        inside.wait(5)
-        try:
-            with searches[1].trial_slot(study._study_id):
-                searches[1].storage.create_new_trial(study._study_id)
-            outcome["second"] = "created"
-        except TargetReached:
-            outcome["second"] = "refused"
-
-    threads = [threading.Thread(target=first), threading.Thread(target=second)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert outcome == {"second": "refused"}
+    assert race_for_last_slot(searches, study._study_id) == "refused"
     assert len(optuna.load_study(study_name="slot", storage=open_storage(postgres_url, heartbeat=False)).trials) == 2

@@ -326,10 +326,9 @@ def test_two_workers_cannot_both_take_the_last_slot(tmp_path):
     reach the last slot together: the second counts only after the first has created
     its trial, so it is refused, and the study gets one trial, not two. Without the
     lock the second counts while the first is still between counting and creating."""
-    import threading
+    from slot_race import race_for_last_slot
 
     from nas.search import Search, SearchConfig
-    from nas.trial_slots import TargetReached
 
     cfg = SearchConfig(study="s", storage=f"sqlite:///{tmp_path / 's.db'}", space="tiny", latency_ms=1000.0,
                        trials=3, warm_start=False, measure_threads=1)
@@ -338,28 +337,6 @@ def test_two_workers_cannot_both_take_the_last_slot(tmp_path):
     for _ in range(2):
         study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.COMPLETE, value=0.5))
     study_id = study._study_id
-    inside, outcome = threading.Event(), {}
-
-    def first() -> None:
-        with searches[0].trial_slot(study_id):
-            inside.set()
-            time.sleep(0.5)  # between counting and creating
-            searches[0].storage.create_new_trial(study_id)
-
-    def second() -> None:
-        inside.wait(5)
-        try:
-            with searches[1].trial_slot(study_id):
-                searches[1].storage.create_new_trial(study_id)
-            outcome["second"] = "created"
-        except TargetReached:
-            outcome["second"] = "refused"
-
-    threads = [threading.Thread(target=first), threading.Thread(target=second)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert outcome == {"second": "refused"}
+    assert race_for_last_slot(searches, study_id) == "refused"
     states = [t.state for t in optuna.load_study(study_name="s", storage=cfg.storage).trials]
     assert states.count(optuna.trial.TrialState.RUNNING) == 1 and len(states) == 3
