@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).absolute().parents[1]))  # run from a chec
 
 import torch  # noqa: E402
 
-from evaluators.hardware import measure_latency, resolve_device  # noqa: E402
+from evaluators.hardware import measure_latency, resolve_device, resolve_dtype  # noqa: E402
 from nas.export import export, trial_spec  # noqa: E402
 from nas.results import best_feasible  # noqa: E402
 from nas.show import open_study  # noqa: E402
@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         device = resolve_device("cpu" if m else "cuda")
         threads = int(m.group(1)) if m else None
         kw = dict(batch_size=cfg["measure_batch"], seq_len=spec.max_seq_len, vocab_size=spec.vocab_size,
-                  device=device, threads=threads)
+                  device=device, threads=threads,
+                  dtype=resolve_dtype(cfg.get("measure_dtype", "float32"), device))  # as the search measured
         exported = import_exported(folder).to(device)
         torch.manual_seed(best.user_attrs.get("seed", 0))
         reference = build_model(spec).to(device).eval()

@@ -425,14 +425,20 @@ class Search:
         )
 
     @contextlib.contextmanager
-    def trial_slot(self, study_id: int) -> Iterator[None]:
-        """Around the creation of a new trial: count the study's finished and running
-        trials under its lock (nas.trial_slots) and refuse (TargetReached) when they
-        make `--trials`, else hold the lock until the trial is created. Two workers can
-        then no longer both take the last slot."""
+    def trial_slot(self, study_id: int, storage: optuna.storages.BaseStorage | None = None) -> Iterator[None]:
+        """Around the creation of a new trial: count the study's finished, running and
+        re-queued trials under its lock (nas.trial_slots) and refuse (TargetReached)
+        when they make `--trials`, else hold the lock until the trial is created. Two
+        workers can then no longer both take the last slot. `storage`: the study's own
+        (Optuna's cached one re-reads only unfinished and new trials: the lock is held
+        for milliseconds, not for a read of every trial)."""
+        if self.cfg.trials is None:  # a step budget or a timeout: nothing to count
+            yield
+            return
         with study_lock(self.url, self.cfg.study, getattr(self.storage, "engine", None)):
-            n = _Tally.of_trials(self.storage.get_all_trials(study_id, deepcopy=False))
-            if self.cfg.trials is not None and n.finished + n.running >= self.cfg.trials:
+            n = _Tally.of_trials((storage or self.storage).get_all_trials(study_id, deepcopy=False))
+            # A re-queued retry will run too (the loop takes it before any new trial).
+            if n.finished + n.running + n.pending_retries >= self.cfg.trials:
                 raise TargetReached
             yield
 
@@ -472,7 +478,7 @@ class Search:
         study = self.load(inner)
         worker = f"{socket.gethostname()}:{os.getpid()}"
         target = self.cfg.trials
-        started = _TrialStarts(study._storage, slot=self.trial_slot)
+        started = _TrialStarts(study._storage, slot=lambda study_id: self.trial_slot(study_id, study._storage))
 
         def objective(trial: optuna.Trial) -> float:
             started.sampled()  # Optuna's own heartbeat runs from here on

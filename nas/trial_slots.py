@@ -10,8 +10,8 @@ by one worker of the study at a time (`study_lock`):
   names its `-wal` and `-journal` files). Not the database file itself: closing
   another descriptor of it would drop SQLite's own POSIX locks in this process.
   SQLite studies live on one machine's disk, so a local lock covers every worker.
-- PostgreSQL: a session advisory lock (`pg_advisory_lock`) keyed by the study
-  name, which covers workers on every machine.
+- PostgreSQL: a transaction-level advisory lock (`pg_advisory_xact_lock`) keyed by
+  the study name, which covers workers on every machine.
 - Other databases: no lock (the race stays possible, and rare).
 
 Either lock is released by the operating system or the server when its process
@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
+from pathlib import Path
 from typing import Iterator
 
 from sqlalchemy import text
@@ -54,7 +56,8 @@ def study_lock(url: str, study: str, engine: Engine | None) -> Iterator[None]:
         if fcntl is None:
             yield
             return
-        with open(path.with_name(path.name + "-naslock"), "a+b") as f:
+        real = Path(os.path.realpath(path))  # one lock file for every path to the database (symlinks)
+        with open(real.with_name(real.name + "-naslock"), "a+b") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
                 yield
@@ -64,12 +67,8 @@ def study_lock(url: str, study: str, engine: Engine | None) -> Iterator[None]:
     if engine is None or engine.dialect.name != "postgresql":
         yield
         return
-    key = _advisory_key(study)
-    with engine.connect() as con:
-        con.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
-        con.commit()
-        try:
-            yield
-        finally:
-            con.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-            con.commit()
+    # A transaction-level lock: released at the transaction's end whatever happens (an
+    # error, Ctrl-C), so a pooled connection never goes back to the pool still holding it.
+    with engine.begin() as con:
+        con.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _advisory_key(study)})
+        yield

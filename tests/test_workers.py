@@ -321,18 +321,26 @@ def test_no_visible_gpu_is_a_clear_error():
         worker_gpus(2, torch.device("cuda"), "", 0)
 
 
-def test_two_workers_cannot_both_take_the_last_slot(tmp_path):
+@pytest.mark.parametrize("through_symlink", [False, True])
+def test_two_workers_cannot_both_take_the_last_slot(tmp_path, through_symlink):
     """Two workers (here threads, each with its own Search and database connection)
     reach the last slot together: the second counts only after the first has created
     its trial, so it is refused, and the study gets one trial, not two. Without the
-    lock the second counts while the first is still between counting and creating."""
+    lock the second counts while the first is still between counting and creating.
+    A worker that reaches the database through a symlink takes the same lock."""
     from slot_race import race_for_last_slot
 
     from nas.search import Search, SearchConfig
 
     cfg = SearchConfig(study="s", storage=f"sqlite:///{tmp_path / 's.db'}", space="tiny", latency_ms=1000.0,
                        trials=3, warm_start=False, measure_threads=1)
-    searches = [Search(cfg, log=io.StringIO()), Search(cfg, log=io.StringIO())]
+    other = cfg
+    searches = [Search(cfg, log=io.StringIO())]
+    if through_symlink:  # made once the database exists
+        (tmp_path / "elsewhere").mkdir()
+        (tmp_path / "elsewhere" / "s.db").symlink_to(tmp_path / "s.db")
+        other = SearchConfig(**{**cfg.__dict__, "storage": f"sqlite:///{tmp_path / 'elsewhere' / 's.db'}"})
+    searches.append(Search(other, log=io.StringIO()))
     study = optuna.load_study(study_name="s", storage=cfg.storage)
     for _ in range(2):
         study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.COMPLETE, value=0.5))
@@ -340,3 +348,28 @@ def test_two_workers_cannot_both_take_the_last_slot(tmp_path):
     assert race_for_last_slot(searches, study_id) == "refused"
     states = [t.state for t in optuna.load_study(study_name="s", storage=cfg.storage).trials]
     assert states.count(optuna.trial.TrialState.RUNNING) == 1 and len(states) == 3
+
+
+def test_a_requeued_retry_holds_its_slot(tmp_path):
+    """A dead worker's trial re-queued for retry will run: with it, the finished trials
+    make the target, so no new trial is created beside it (the study would end one
+    past --trials). Without --trials nothing is counted."""
+    from nas.search import Search, SearchConfig
+    from nas.trial_slots import TargetReached
+
+    cfg = SearchConfig(study="s", storage=f"sqlite:///{tmp_path / 's.db'}", space="tiny", latency_ms=1000.0,
+                       trials=3, warm_start=False, measure_threads=1)
+    search = Search(cfg, log=io.StringIO())
+    study = optuna.load_study(study_name="s", storage=cfg.storage)
+    for _ in range(2):
+        study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.COMPLETE, value=0.5))
+    dead = study.ask()
+    study.tell(dead, state=optuna.trial.TrialState.FAIL)
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING,
+                                              system_attrs={"failed_trial": dead.number}))
+    with pytest.raises(TargetReached):
+        with search.trial_slot(study._study_id):
+            pass
+    search.cfg.trials = None  # a step budget instead: the slot never refuses
+    with search.trial_slot(study._study_id):
+        pass
