@@ -199,8 +199,6 @@ class Search:
         if cfg.timeout_s is not None and not (isinstance(cfg.timeout_s, (int, float)) and not isinstance(cfg.timeout_s, bool)
                                               and cfg.timeout_s > 0 and math.isfinite(cfg.timeout_s)):
             raise SearchError(f"--timeout must be a positive duration, e.g. 90m or 8h, got {cfg.timeout_s}")
-        if cfg.keep_checkpoints is not None and not (is_int(cfg.keep_checkpoints) and cfg.keep_checkpoints >= 1):
-            raise SearchError(f"--keep-checkpoints must be a positive integer, got {cfg.keep_checkpoints}")
         if cfg.trials is None and cfg.step_budget is None and cfg.timeout_s is None:
             raise SearchError("nothing limits the search; give --trials N, --step-budget STEPS, --timeout or more")
         for flag, signal in (("--hurdle-signal", cfg.hurdle_signal), ("--selection-signal", cfg.selection_signal)):
@@ -233,9 +231,6 @@ class Search:
         # One thread by default on CPU: two passes over the same architectures rank
         # them far more consistently than with all cores (benchmarks/latency.py).
         self.threads = cfg.measure_threads or default_threads()
-        if cfg.measure_batch is not None and not (is_int(cfg.measure_batch) and cfg.measure_batch >= 1):
-            raise SearchError(f"--measure-batch must be a positive integer (the batch size you deploy at), "
-                              f"got {cfg.measure_batch!r}")
         self.measure_batch = cfg.measure_batch or self.task.batch_size
         try:
             self.dtype = resolve_dtype(cfg.measure_dtype, self.device)
@@ -590,17 +585,17 @@ class Search:
         finally:
             started.sampled()
         bar.close()
-        if not reached(n) and n.failed >= max_failures:
+        if reached(n):
+            pass
+        elif n.failed >= max_failures:
             self._print(f"stopped after {n.failed} failed trials; see `nas show {self.cfg.study}` for their reasons")
-        elif timed_out() and not reached(n):
+        elif timed_out():
             self._print(f"stopped: --timeout reached with {n.finished} finished trials; run the same command again "
                         f"to continue the study")
-        elif idle(n) and not reached(n):
+        elif idle(n):
             self._print(f"stopped: the last {IDLE_TRIALS_LIMIT} trials trained nothing (each repeated an architecture "
                         f"trained before or was over the hardware budget), so the step budget would never be spent; "
                         f"the space looks exhausted: widen it, raise the budget, or give --trials")
-        elif not reached(n):
-            self._print(f"stopped after {n.failed} failed trials; see `nas show {self.cfg.study}` for their reasons")
         return study
 
 
@@ -635,8 +630,11 @@ def _check_search_numbers(cfg: SearchConfig) -> None:
         check_min_trials(cfg.hurdle_trials, "--hurdle-trials")
     except ValueError as e:
         raise SearchError(str(e)) from None
-    if cfg.measure_threads is not None and not (is_int(cfg.measure_threads) and cfg.measure_threads >= 1):
-        raise SearchError(f"--measure-threads must be a positive integer, got {cfg.measure_threads}")
+    for flag, value, what in (("--measure-threads", cfg.measure_threads, ""),
+                              ("--measure-batch", cfg.measure_batch, " (the batch size you deploy at)"),
+                              ("--keep-checkpoints", cfg.keep_checkpoints, "")):
+        if value is not None and not (is_int(value) and value >= 1):
+            raise SearchError(f"{flag} must be a positive integer{what}, got {value!r}")
 
 
 class _TrialStarts:
