@@ -24,9 +24,16 @@ from pathlib import Path
 import optuna
 
 from nas.results import Trials, best_first, pareto_front
-from nas.tables import Tables
+from nas.tables import Tables, read_checkpoints
 
-__all__ = ["kept_trials", "prune_checkpoints"]
+__all__ = ["kept_trials", "prune_checkpoints", "weights_on_disk"]
+
+
+def weights_on_disk(url: str, study: str) -> set[int]:
+    """Numbers of the trials of `study` whose saved weights are on this machine, so
+    that `nas export --trial N` needs no `--retrain`. Reads without creating
+    anything (`nas show` opens studies read-only)."""
+    return {row["trial_number"] for row in read_checkpoints(url, study) if Path(row["path"]).is_file()}
 
 
 def kept_trials(trials: Trials, keep: int) -> set[int]:

@@ -265,6 +265,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nas: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of our output went away (`nas show demo | head`): stop quietly, as
+        # a command killed by SIGPIPE does. stdout goes to devnull so that the
+        # interpreter's own flush at exit does not raise again (the Python docs'
+        # recipe, signal module, "Note on SIGPIPE").
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13
     return code
 
 

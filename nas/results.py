@@ -126,18 +126,27 @@ def refused_by_check(study: Trials) -> int:
     return sum(list(t.system_attrs.get(REFUSED_KEY) or ()).count("check") for t in _trials(study))
 
 
-def summary_table(study: optuna.Study, top: int = 5) -> str:
+def summary_table(study: optuna.Study, top: int = 5, weights: set[int] | None = None) -> str:
+    """The finished count, the top trials and the best feasible one. `weights`: the
+    trials whose trained weights are on disk (`nas.checkpoints.weights_on_disk`),
+    shown as a column, so a user sees which export without `--retrain`."""
     best = best_feasible(study)
     refused = refused_by_check(study)
     lines = [f"study {study.study_name}: {finished_count(study)} finished trials, "
              f"{len(fully_trained(study))} trained to the end and feasible"
              + (f"; evolution set aside {refused} more candidates measured over the budget" if refused else "")]
-    lines.append(format_table([_row(t) for t in top_trials(study, top)]))
+    rows = [_row(t) for t in top_trials(study, top)]
+    if weights is None:
+        lines.append(format_table(rows))
+    else:
+        # before the attention mix, the one wide column
+        mark = lambda r: r[:-1] + ["saved" if int(r[0]) in weights else "-", r[-1]]  # noqa: E731
+        lines.append(format_table([mark(r) for r in rows], HEADER[:-1] + ["weights", HEADER[-1]]))
     if best is None:
         lines.append("no feasible fully trained architecture yet")
     else:
-        a = best.user_attrs
+        a, row = best.user_attrs, _row(best)  # the row's cells: "-" where a study not made by nas lacks one
         lines.append(f"best feasible: trial {best.number}, fitness {best.value:.4f}, measured latency "
-                     f"{a['latency_ms']:.3f} ms, memory {a['memory_mb']:.2f} MiB on {a.get('device', '?')}")
+                     f"{row[3]} ms, memory {row[4]} MiB on {a.get('device', '?')}")
         lines.append(f"architecture: {a.get('arch', '?')}")
     return "\n".join(lines)

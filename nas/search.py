@@ -30,7 +30,7 @@ from optuna.storages._heartbeat import get_heartbeat_thread
 from evaluators.errors import TaskError, TrialFailure
 from evaluators.hardware import default_threads, dtype_name, resolve_device, resolve_dtype
 from evaluators.tasks import get_task
-from nas.checkpoints import prune_checkpoints
+from nas.checkpoints import prune_checkpoints, weights_on_disk
 from nas.choices import make_pruner, make_sampler
 from nas.evolution import ON_REFUSAL, check_evolution_numbers, is_int
 from nas.hurdles import (DEFAULT_HURDLE_RULE, DEFAULT_HURDLE_SIGNAL, DEFAULT_MIN_TRIALS, DEFAULT_SELECTION_SIGNAL,
@@ -801,5 +801,5 @@ def search_main(cfg: SearchConfig, *, log: TextIO | None = None, quiet: bool = F
     s = Search(cfg, log=log)
     study = s.run(progress=not quiet)
     print("", file=log)
-    print(summary_table(study, top=5), file=log)
+    print(summary_table(study, top=5, weights=weights_on_disk(s.url, study.study_name)), file=log)
     return study

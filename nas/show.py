@@ -13,6 +13,7 @@ from typing import TextIO
 import optuna
 
 from evaluators.training import Trainer
+from nas.checkpoints import weights_on_disk
 from nas.errors import NasError
 from nas.hurdles import DEFAULT_MIN_TRIALS, signal_label
 from nas.search import BUDGET_ORIGIN_ATTR, CONFIG_ATTR, TRAIN_ATTR
@@ -35,9 +36,11 @@ def open_study(study: str, storage: str | None = None) -> optuna.Study:
     return optuna.load_study(study_name=study, storage=st)
 
 
-def show(study: optuna.Study, *, top: int = 10, out: TextIO | None = None) -> None:
+def show(study: optuna.Study, *, top: int = 10, out: TextIO | None = None, weights: set[int] | None = None) -> None:
+    """Print the study's summary. `weights`: the trials whose weights are on disk (a
+    column of the top list), when known."""
     out = sys.stdout if out is None else out  # looked up now: a redirected stdout is honoured
-    print(summary_table(study, top=top), file=out)
+    print(summary_table(study, top=top, weights=weights), file=out)
     print(budget_line(study), file=out)
     front = pareto_front(study)
     print("\nPareto front (fitness against measured latency):", file=out)
@@ -181,7 +184,7 @@ def show_main(study_name: str, *, storage: str | None = None, top: int = 10, plo
     if plot_path:
         check_plot_path(plot_path)
     study = open_study(study_name, storage)
-    show(study, top=top)
+    show(study, top=top, weights=weights_on_disk(storage or default_url(study_name), study_name))
     if plot_path:
         plot(study, plot_path)
         print(f"plot written to {plot_path}")

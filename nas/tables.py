@@ -23,6 +23,7 @@ from sqlalchemy import (
     Table,
     Text,
     create_engine,
+    inspect,
     select,
 )
 from sqlalchemy.engine import Engine
@@ -67,6 +68,13 @@ class MeasureKey:
 
 
 def make_engine(url: str) -> Engine:
+    """An engine on the database of `url`, with the `nas_` tables created there."""
+    engine = _engine(url)
+    retry_schema_race(lambda: metadata.create_all(engine, checkfirst=True))
+    return engine
+
+
+def _engine(url: str) -> Engine:
     kwargs: dict[str, Any] = {}
     sqlite = sqlite_path(url) is not None
     if sqlite:
@@ -76,8 +84,25 @@ def make_engine(url: str) -> Engine:
     engine = create_engine(driver_url(url), **kwargs)
     if sqlite:
         serialize_sqlite_writes(engine)
-    retry_schema_race(lambda: metadata.create_all(engine, checkfirst=True))
     return engine
+
+
+def _checkpoint_rows(con, study: str) -> list[dict]:  # noqa: ANN001
+    c = checkpoints.c
+    rows = con.execute(select(c.trial_number, c.path).where(c.study == study)).all()
+    return [{"trial_number": r[0], "path": r[1]} for r in rows]
+
+
+def read_checkpoints(url: str, study: str) -> list[dict]:
+    """`Tables.checkpoints_of` without creating anything, for the read-only `nas
+    show`: [] when the database has no `nas_checkpoints` table yet. (A plain engine:
+    `_engine`'s SQLite one takes the write lock at each transaction.)"""
+    engine = create_engine(driver_url(url), pool_pre_ping=True)
+    try:
+        with engine.connect() as con:
+            return _checkpoint_rows(con, study) if inspect(con).has_table(checkpoints.name) else []
+    finally:
+        engine.dispose()
 
 
 class Tables:
@@ -135,10 +160,8 @@ class Tables:
 
     def checkpoints_of(self, study: str) -> list[dict]:
         """Every checkpoint row of `study`: trial_number and path."""
-        c = checkpoints.c
         with self.engine.connect() as con:
-            rows = con.execute(select(c.trial_number, c.path).where(c.study == study)).all()
-        return [{"trial_number": r[0], "path": r[1]} for r in rows]
+            return _checkpoint_rows(con, study)
 
     def delete_checkpoints(self, study: str, trial_numbers: list[int]) -> None:
         with self.engine.begin() as con:

@@ -22,6 +22,7 @@ from typing import Any
 import optuna
 import torch
 
+from nas.checkpoints import weights_on_disk
 from nas.cli import STORAGE_ENV, trials_limit
 from nas.errors import NasError
 from nas.results import summary_table
@@ -149,7 +150,7 @@ def run_parallel(cfg: SearchConfig, workers: int, *, quiet: bool = False) -> int
                 p.kill()
         raise
     study = open_study(cfg.study, url)
-    print(summary_table(study, top=5))
+    print(summary_table(study, top=5, weights=weights_on_disk(url, cfg.study)))
     bad = [c for c in codes if c != 0]
     if bad:
         print(f"nas: {len(bad)} of {workers} workers exited with an error", file=sys.stderr)

@@ -366,6 +366,26 @@ def test_show_top_must_be_positive(capsys, db):
     fails_cleanly(capsys, ["show", "t", "--storage", f"sqlite:///{db}", "--top=-1"], "--top")
 
 
+def test_show_into_a_closed_pipe_stops_quietly(db):
+    """`nas show t | head -1`: once the reader has gone, the command stops without a
+    traceback, with the status of a command killed by SIGPIPE, and the study is as
+    it was."""
+    import os
+    import sys
+
+    before = stored(db)
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line
+    try:
+        done = subprocess.run([sys.executable, "-c", "import sys; from nas.cli import main; sys.exit(main())",
+                               "show", "t", "--storage", f"sqlite:///{db}"], stdout=write, stderr=subprocess.PIPE,
+                              text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert done.returncode == 141 and "Traceback" not in done.stderr, done.stderr
+    assert stored(db) == before
+
+
 def test_show_reads_a_read_only_database(capsys, made, tmp_path):
     folder = tmp_path / "ro"
     folder.mkdir()

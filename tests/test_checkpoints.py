@@ -108,6 +108,50 @@ def test_a_search_keeps_the_best_and_the_front_and_a_resume_applies_a_lower_limi
     assert set(stored_checkpoints(db)) == by_hand(study, 2) & (set(kept) | {t.number for t in study.trials
                                                                              if t.number > max(trained)})
 
+    # `nas show` marks the trials whose weights are on disk: the rows read back above,
+    # less one whose file is gone (nas export of it would need --retrain).
+    saved = stored_checkpoints(db)
+    gone = min(saved)
+    Path(saved[gone]).unlink()
+    capsys.readouterr()
+    assert main(["show", "k", "--storage", cfg.storage, "--top", "100"]) == 0
+    marks = shown_weights(capsys.readouterr().out)
+    assert set(marks) == {t.number for t in study.trials if t.state.is_finished()}
+    assert {n for n, mark in marks.items() if mark} == set(saved) - {gone}
+
+
+def shown_weights(out: str) -> dict[int, bool]:
+    """Trial number -> whether `nas show`'s top list says its weights are saved."""
+    lines = out.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("trial ") and " weights " in line)
+    col = lines[head].index(" weights ") + 1
+    marks = {}
+    for line in lines[head + 2:]:
+        if not line[:1].isdigit():
+            break
+        marks[int(line.split()[0])] = line[col:].startswith("saved")
+    return marks
+
+
+def test_show_of_a_study_without_checkpoints_creates_no_table(tmp_path, capsys):
+    """A study nas did not train (no `nas_checkpoints` table): `nas show` marks no
+    weights and leaves the file's tables as they were (it opens studies read-only)."""
+    db = tmp_path / "o.db"
+    study = optuna.create_study(study_name="o", storage=f"sqlite:///{db}")
+    study.add_trial(create_trial(value=0.5, user_attrs={"latency_ms": 1.0}))
+    before = tables_of(db)
+    assert main(["show", "o", "--storage", f"sqlite:///{db}"]) == 0
+    assert shown_weights(capsys.readouterr().out) == {0: False}
+    assert tables_of(db) == before and "nas_checkpoints" not in before
+
+
+def tables_of(db: Path) -> set[str]:
+    con = sqlite3.connect(db)
+    try:
+        return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    finally:
+        con.close()
+
 
 def test_prune_spares_running_trials_unremovable_and_other_machines_files(tmp_path):
     """Rows and files read back directly: a RUNNING trial's weights (saved before it is
