@@ -20,7 +20,7 @@ from nas.hurdles import (DEFAULT_HURDLE_RULE, DEFAULT_HURDLE_SIGNAL, DEFAULT_MIN
 
 EXIT_USAGE = 2
 DEFAULT_TRIALS = 30
-STORAGE_ENV = "NAS_STORAGE"  # `nas worker` reads its storage URL from here when --storage is not given
+STORAGE_ENV = "NAS_STORAGE"  # every command reads its storage URL from here when --storage is not given
 
 
 class _Parser(argparse.ArgumentParser):
@@ -88,14 +88,18 @@ def _task_options(items: Sequence[str]) -> dict:
     return out
 
 
+def _add_storage_arg(p: argparse.ArgumentParser) -> None:
+    """--storage, the same for every command: a multi-machine setup exports the URL
+    once (README, "Many machines") and search, worker, show and export all use it."""
+    p.add_argument("--storage", default=os.environ.get(STORAGE_ENV) or None,
+                   help=f"database URL of the study (default: ${STORAGE_ENV} if set, else sqlite:///studies/NAME.db; "
+                        f"postgresql://... for many machines); put a URL with a password in ${STORAGE_ENV} "
+                        f"to keep it out of the process list")
+
+
 def _add_search_args(p: argparse.ArgumentParser, *, worker: bool) -> None:
     p.add_argument("--study", required=True, help="study name (its SQLite file is studies/NAME.db by default)")
-    if worker:
-        p.add_argument("--storage", default=os.environ.get(STORAGE_ENV) or None,
-                       help=f"database URL of the study (default: ${STORAGE_ENV}, else sqlite:///studies/NAME.db); "
-                            f"put a URL with a password in ${STORAGE_ENV} to keep it out of the process list")
-    else:
-        p.add_argument("--storage", help="database URL (default sqlite:///studies/NAME.db; postgresql://... for many machines)")
+    _add_storage_arg(p)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto: cuda when there is one)")
     p.add_argument("--trials", type=int, default=None,
                    help=f"finished trials in total (resume counts those already done; default {DEFAULT_TRIALS}, "
@@ -173,13 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_search_args(p, worker=True)
     p = sub.add_parser("show", help="top trials, Pareto front of fitness against latency, hurdles")
     p.add_argument("study")
-    p.add_argument("--storage")
+    _add_storage_arg(p)
     p.add_argument("--top", type=_positive_int, default=10, help="how many of the best trials to list (default 10)")
     p.add_argument("--plot", metavar="FILE.png", help="write fitness-vs-latency plot (needs matplotlib: pip install 'nas[plot]')")
     p = sub.add_parser("export", help="write the best (or a given) trial as a standalone PyTorch module")
     p.add_argument("study")
-    p.add_argument("--storage")
-    p.add_argument("--trial", type=int)
+    _add_storage_arg(p)
+    p.add_argument("--trial", type=int, help="the trial to export (default: the best feasible fully trained one)")
     p.add_argument("--out", default=None, help="output folder (default exports/STUDY)")
     p.add_argument("--retrain", type=int, metavar="STEPS", help="train the architecture for STEPS steps first")
     p.add_argument("--device", default="auto", help="with --retrain: where to train (auto | cpu | cuda)")

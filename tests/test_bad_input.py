@@ -366,6 +366,23 @@ def test_show_top_must_be_positive(capsys, db):
     fails_cleanly(capsys, ["show", "t", "--storage", f"sqlite:///{db}", "--top=-1"], "--top")
 
 
+def test_every_command_takes_the_storage_from_the_environment(capsys, monkeypatch, tmp_path):
+    """README, "Many machines": the URL exported once as $NAS_STORAGE serves search,
+    show and export alike (only `nas worker` read it before); --storage wins over it."""
+    monkeypatch.chdir(tmp_path)
+    shared = tmp_path / "shared.db"
+    monkeypatch.setenv("NAS_STORAGE", f"sqlite:///{shared}")
+    argv = search_args(shared, study="e")
+    del argv[argv.index("--storage"):argv.index("--storage") + 2]
+    assert main(argv) == 0
+    assert shared.exists() and not (tmp_path / "studies").exists()
+    capsys.readouterr()
+    assert main(["show", "e"]) == 0 and "best feasible" in capsys.readouterr().out
+    assert main(["export", "e", "--out", str(tmp_path / "x")]) == 0 and (tmp_path / "x" / "model.py").exists()
+    monkeypatch.setenv("NAS_STORAGE", f"sqlite:///{tmp_path / 'other.db'}")
+    assert main(["show", "e", "--storage", f"sqlite:///{shared}"]) == 0
+
+
 def test_show_into_a_closed_pipe_stops_quietly(db):
     """`nas show t | head -1`: once the reader has gone, the command stops without a
     traceback, with the status of a command killed by SIGPIPE, and the study is as

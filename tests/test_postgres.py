@@ -109,8 +109,8 @@ def test_two_workers_on_postgres(postgres_url, tmp_path):
     joined = subprocess.run([sys.executable, "-m", "nas.cli", "worker", "--study", "p", "--trials", "8"], cwd=tmp_path,
                             env=env(NAS_STORAGE=postgres_url), capture_output=True, text=True, timeout=200)
     assert joined.returncode == 0, joined.stderr[-3000:].replace(SECRET, "<leaked>")
-    shown = subprocess.run([sys.executable, "-m", "nas.cli", "show", "p", "--storage", postgres_url], cwd=tmp_path,
-                           env=env(), capture_output=True, text=True, timeout=200)
+    shown = subprocess.run([sys.executable, "-m", "nas.cli", "show", "p"], cwd=tmp_path,
+                           env=env(NAS_STORAGE=postgres_url), capture_output=True, text=True, timeout=200)
     assert shown.returncode == 0 and "best feasible" in shown.stdout
     for p in (done, joined, shown):
         assert SECRET not in p.stdout + p.stderr
