@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import gc
+import inspect
 import json
 import math
 import os
@@ -30,6 +31,7 @@ from optuna.storages._heartbeat import get_heartbeat_thread
 from evaluators.errors import TaskError, TrialFailure
 from evaluators.hardware import default_threads, dtype_name, resolve_device, resolve_dtype
 from evaluators.tasks import get_task
+from evaluators.training import Trainer
 from nas.checkpoints import prune_checkpoints, weights_on_disk
 from nas.choices import make_pruner, make_sampler
 from nas.evolution import ON_REFUSAL, check_evolution_numbers, is_int
@@ -57,6 +59,14 @@ TRAIN_ATTR = "nas:train_options"  # e.g. {"lr": 0.01}: how every candidate is tr
 # search little about the architecture. Stored with the study (TRAIN_ATTR), so a study
 # made before this default resumes with the schedule it began with.
 DEFAULT_TRAIN_OPTIONS: dict[str, Any] = {"min_lr_ratio": 1.0}
+
+
+def schedule_options(stored: dict[str, Any]) -> dict[str, Any]:
+    """The learning-rate options a study trains with: those it stored (TRAIN_ATTR)
+    over the Trainer's own defaults, which is what its trials were given."""
+    defaults = {name: p.default for name, p in inspect.signature(Trainer).parameters.items()
+                if name in ("lr", "min_lr_ratio")}
+    return {**defaults, **stored}
 # With only a step budget to stop it, a search whose trials train nothing (every
 # candidate a replay of one trained before, or over the hardware budget) would
 # never spend it: it stops after this many such trials in a row.
@@ -299,7 +309,8 @@ class Search:
                 diffs.append(f"latency_fraction: stored {origin.get('latency_fraction')} "
                              f"(budget {stored['budget']['latency_ms']:g} ms) vs asked {cfg.latency_fraction}")
             stored_train = attrs.get(TRAIN_ATTR) or {}
-            if any(stored_train.get(k) != v for k, v in cfg.train_options.items()):
+            # Compared as trained: `--lr 3e-3` asks for what a study that stored no lr trains with.
+            if any(schedule_options(stored_train).get(k) != v for k, v in cfg.train_options.items()):
                 diffs.append(f"train_options: stored {json.dumps(stored_train, sort_keys=True)} "
                              f"vs asked {json.dumps(cfg.train_options, sort_keys=True)}")
             diff = "; ".join(filter(None, diffs))

@@ -3,7 +3,6 @@ the hurdles, and optionally a plot (matplotlib, an optional extra)."""
 
 from __future__ import annotations
 
-import inspect
 import os
 import sys
 from collections import Counter
@@ -12,11 +11,10 @@ from typing import TextIO
 
 import optuna
 
-from evaluators.training import Trainer
 from nas.checkpoints import weights_on_disk
 from nas.errors import NasError
 from nas.hurdles import DEFAULT_MIN_TRIALS, signal_label
-from nas.search import BUDGET_ORIGIN_ATTR, CONFIG_ATTR, TRAIN_ATTR
+from nas.search import BUDGET_ORIGIN_ATTR, CONFIG_ATTR, TRAIN_ATTR, schedule_options
 from nas.results import HEADER, _row, fitness, format_table, is_feasible, pareto_front, summary_table, total_steps_spent
 from nas.stage_signal import format_stage_signals, stage_signals
 from nas.storage import default_url, open_storage, redact, sqlite_path
@@ -84,9 +82,10 @@ def budget_line(study: optuna.Study) -> str:
 def training_schedule(study: optuna.Study) -> str:
     """How the study trains its candidates: the options it stored (a study made before
     they were stored, none) over the Trainer's own defaults."""
-    options = {name: p.default for name, p in inspect.signature(Trainer).parameters.items()
-               if p.default is not inspect.Parameter.empty}
-    options.update(study.user_attrs.get(TRAIN_ATTR) or {})
+    attrs = study.user_attrs
+    if CONFIG_ATTR not in attrs:
+        return "training: not recorded (study not made by nas search)"
+    options = schedule_options(attrs.get(TRAIN_ATTR) or {})
     ratio = float(options["min_lr_ratio"])
     after = "a constant rate" if ratio == 1.0 else f"a cosine down to {ratio:g} x the peak"
     return f"training: AdamW, peak learning rate {float(options['lr']):g}, a warm-up, then {after}"

@@ -583,6 +583,12 @@ def test_new_studies_train_at_a_constant_rate_after_warm_up_and_older_ones_keep_
                log=io.StringIO())
     Search(tiny_config(tmp_path, trials=2, pruner="none", stages=(16,), train_options={"min_lr_ratio": 1.0}),
            log=io.StringIO())
+    # The trainer's default rate, asked for by name, is what the study trains with
+    # (it stored no lr); another rate is refused.
+    assert Trainer.__init__.__kwdefaults__["lr"] == 3e-3
+    Search(tiny_config(tmp_path, trials=2, pruner="none", stages=(16,), train_options={"lr": 3e-3}), log=io.StringIO())
+    with pytest.raises(SearchError, match="train_options"):
+        Search(tiny_config(tmp_path, trials=2, pruner="none", stages=(16,), train_options={"lr": 1e-3}), log=io.StringIO())
     # A study stored before the default (no schedule recorded) resumes with the trainer's cosine.
     study.set_user_attr("nas:train_options", {})
     Search(tiny_config(tmp_path, trials=6, pruner="none", stages=(16,)), log=io.StringIO()).run()
