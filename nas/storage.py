@@ -114,6 +114,8 @@ def check_storage(url: str, *, must_exist: bool = False, read_only: bool = False
         raise StorageError(f"storage path {path} is a folder, not a database file; give a file in it, "
                            f"e.g. sqlite:///{path / 'NAME.db'}")
     folder = path.parent if str(path.parent) else Path(".")
+    if folder.exists() and not folder.is_dir():
+        raise StorageError(f"storage folder {folder} is a file, not a folder; pass another --storage")
     if not folder.is_dir():
         raise StorageError(f"storage folder {folder} does not exist; create it (mkdir -p {folder}) or pass another --storage")
     if path.exists():
@@ -133,6 +135,13 @@ def check_storage(url: str, *, must_exist: bool = False, read_only: bool = False
                 raise StorageError(f"database file {path} failed its integrity check ({ok}); restore it from a copy or pass another --storage")
         if not read_only and (not os.access(path, os.W_OK) or not folder_writable):
             raise StorageError(f"database file {path} or its folder is read-only; make it writable or pass another --storage")
+        if head and not read_only:
+            # Another program's database (a search would add Optuna's 16 tables beside its own).
+            names = _table_names(path)
+            foreign = sorted(n for n in names if not n.startswith(("nas_", "sqlite_")))
+            if foreign and not _OPTUNA_TABLES <= names:
+                raise StorageError(f"database file {path} holds another program's tables ({', '.join(foreign[:4])}"
+                                   f"{', ...' if len(foreign) > 4 else ''}) and no Optuna study; pass another --storage file")
     else:
         if must_exist:
             raise StorageError(f"no database at {path}; check the study name or --storage")
@@ -156,18 +165,22 @@ def has_optuna_schema(path: Path) -> bool:
     """Whether the SQLite file at `path` holds Optuna's tables, read without
     changing it (a new or foreign file gets Optuna's schema on opening through
     `open_storage`: fine for a search, not for commands that only read)."""
+    return _OPTUNA_TABLES <= _table_names(path)
+
+
+def _table_names(path: Path) -> set[str]:
+    """The tables of the SQLite file at `path`, read without changing it."""
     if path.stat().st_size == 0:
-        return False
+        return set()
     try:
         con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)
         try:
-            names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         finally:
             con.close()
     except sqlite3.DatabaseError as e:
         raise StorageError(f"database file {path} cannot be read ({' '.join(str(e).split())}); "
                            f"retry when no other process holds it, or pass another --storage") from None
-    return _OPTUNA_TABLES <= names
 
 
 _OPTUNA_TABLES = {"studies", "trials", "version_info"}

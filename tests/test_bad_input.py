@@ -313,6 +313,27 @@ def test_show_and_export_leave_other_sqlite_files_alone(capsys, tmp_path, comman
         assert path.read_bytes() == before  # no Optuna tables written into it
 
 
+def test_search_leaves_another_programs_sqlite_file_alone(capsys, tmp_path):
+    """A search into a file that holds another program's tables and no study is
+    refused, the file unchanged; an empty file (or one without tables) is taken."""
+    other = tmp_path / "other.db"
+    con = sqlite3.connect(other)
+    con.execute("CREATE TABLE notes (x TEXT)")
+    con.commit()
+    con.close()
+    before = other.read_bytes()
+    fails_cleanly(capsys, search_args(other), "another program's tables (notes)", "--storage")
+    assert other.read_bytes() == before
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    assert main(search_args(empty)) == 0
+
+
+def test_storage_folder_that_is_a_file(capsys, tmp_path):
+    (tmp_path / "f").write_text("x")
+    fails_cleanly(capsys, search_args(tmp_path / "f" / "t.db"), "is a file, not a folder")
+
+
 def test_load_best_from_a_url_leaves_another_sqlite_file_alone(tmp_path):
     from nas.errors import NasError
     from nas.export import load_best

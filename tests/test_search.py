@@ -4,7 +4,9 @@ API; the budget-first constraint path; the measurement cache; resume rules."""
 from __future__ import annotations
 
 import io
+import json
 import math
+import sqlite3
 import threading
 import time
 import warnings
@@ -164,6 +166,30 @@ def test_default_budget_is_the_vanilla_transformers_own_measured_latency(tmp_pat
     out = io.StringIO()
     show(study, out=out)
     assert f"budget: {search.budget.latency_ms:g} ms per batch of 16 on cpu:1threads (the vanilla transformer's measured latency)" in out.getvalue()
+
+
+def test_a_second_study_in_a_database_takes_its_budget_from_the_cache(tmp_path):
+    # Two studies in one file (as every study on one PostgreSQL database is): the
+    # second's default budget is the vanilla transformer's latency as the file's cache
+    # holds it, the figure its warm start reads, so that trial stays within it however
+    # a fresh timing would come out. Here the cached figure is set by hand to 50 s, far
+    # from any real timing.
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    Search(tiny_config(tmp_path, name="a", storage=url, trials=1, pruner="none"), log=io.StringIO()).run(progress=False)
+    con = sqlite3.connect(tmp_path / "shared.db")
+    rows = con.execute("SELECT arch_hash, latency FROM nas_measurements").fetchall()
+    vanilla = optuna.load_study(study_name="a", storage=url).trials[0].user_attrs["arch_hash"]
+    (latency,) = [json.loads(lat) for h, lat in rows if h == vanilla]
+    latency["median_ms"] = 50_000.0
+    con.execute("UPDATE nas_measurements SET latency = ? WHERE arch_hash = ?", (json.dumps(latency), vanilla))
+    con.commit()
+    con.close()
+    log = io.StringIO()
+    search = Search(tiny_config(tmp_path, name="b", storage=url, latency_ms=None, trials=1, pruner="none"), log=log)
+    assert search.budget.latency_ms == 50_000.0 and "this database's cache" in log.getvalue()
+    t0 = search.run(progress=False).trials[0]
+    assert t0.user_attrs["warm_start"] == "vanilla transformer" and t0.user_attrs["latency_ms"] == 50_000.0
+    assert t0.constraints["latency_ms"] <= 0 and t0.state == optuna.trial.TrialState.COMPLETE
 
 
 def test_latency_fraction_scales_the_vanilla_transformers_measured_latency(tmp_path):
