@@ -33,6 +33,7 @@ from nas.tables import MeasureKey, Tables
 from search_spaces import ArchSpec, SearchSpace, SpecError, build_model, count_parameters
 
 MB = 1024 * 1024
+INTERRUPTED = "interrupted"  # the `failure` of a trial cut short by Ctrl-C
 
 
 @dataclass(frozen=True)
@@ -235,6 +236,12 @@ class Objective:
             return self._cost_then_train(trial, spec)
         except TrialFailure as e:
             trial.set_user_attr("failure", e.reason)  # whether measuring or training failed
+            raise
+        except KeyboardInterrupt:
+            # Recorded while the trial is still RUNNING (Optuna fails it next), so the
+            # run loop can tell it was cut short and queue a warm start or retry again.
+            trial.set_user_attr("failure", INTERRUPTED)
+            trial.set_user_attr("failure_message", "interrupted (Ctrl-C) while the trial was measured or trained")
             raise
 
     def _cost_then_train(self, trial: optuna.Trial, spec: ArchSpec) -> float:

@@ -37,7 +37,7 @@ from nas.choices import make_pruner, make_sampler
 from nas.evolution import ON_REFUSAL, check_evolution_numbers, is_int
 from nas.hurdles import (DEFAULT_HURDLE_RULE, DEFAULT_HURDLE_SIGNAL, DEFAULT_MIN_TRIALS, DEFAULT_SELECTION_SIGNAL,
                          HURDLE_RULES, HURDLE_SIGNALS, check_min_trials)
-from nas.objective import Budget, Measurement, Objective, device_key, measure, measure_key
+from nas.objective import INTERRUPTED, Budget, Measurement, Objective, device_key, measure, measure_key
 from nas.results import FINISHED, best_feasible, finished_count, steps_spent, summary_table, total_steps_spent
 from nas.storage import GRACE_PERIOD, STUDIES_DIR, check_storage, check_study_name, default_url, open_storage, redact, sqlite_path
 from nas.tables import Tables
@@ -602,7 +602,7 @@ class Search:
             # Ctrl-C or an error there would leave it RUNNING, for every later run to wait on.
             started.sampled()
             if isinstance(e, KeyboardInterrupt):
-                _fail_if_running(study, started.last, "interrupted", "interrupted (Ctrl-C) while the trial was being sampled")
+                _fail_if_running(study, started.last, INTERRUPTED, "interrupted (Ctrl-C) while the trial was being sampled")
             else:
                 _fail_if_running(study, started.last, "sampling_error", f"{type(e).__name__} while the trial was being "
                                  f"sampled: {' '.join(str(e).split())}")
@@ -714,17 +714,20 @@ class _TrialStarts:
 
 
 def _fail_if_running(study: optuna.Study, trials: list[tuple[int, bool]], reason: str, why: str) -> None:
-    """Fail those of `trials` still RUNNING (a trial interrupted in its objective is
-    failed by Optuna already), recording `reason` (the `failure` tag) and `why`. One taken from the queue (the warm
-    start, a dead worker's retry) is queued again, so its parameters still run."""
+    """Fail those of `trials` still RUNNING, recording `reason` (the `failure` tag)
+    and `why`. A trial interrupted in its objective is failed by Optuna already, with
+    its `failure` recorded by the objective. One taken from the queue (the warm start,
+    a dead worker's retry) and cut short either way is queued again, so its
+    parameters still run."""
     storage = study._storage
     for trial_id, queued in trials:
         frozen = storage.get_trial(trial_id)
-        if frozen.state != optuna.trial.TrialState.RUNNING:
-            continue
-        storage.set_trial_user_attr(trial_id, "failure", reason)
-        storage.set_trial_user_attr(trial_id, "failure_message", why)
-        storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+        if frozen.state == optuna.trial.TrialState.RUNNING:
+            storage.set_trial_user_attr(trial_id, "failure", reason)
+            storage.set_trial_user_attr(trial_id, "failure_message", why)
+            storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+        elif frozen.state != optuna.trial.TrialState.FAIL or frozen.user_attrs.get("failure") != reason:
+            continue  # finished before the interruption, or failed for a reason of its own
         fixed = frozen.system_attrs.get("fixed_params")
         if queued and fixed:
             # What the queue held: its parameters, its own attrs (e.g. warm_start), and the

@@ -936,6 +936,35 @@ def test_ctrl_c_while_the_warm_start_is_sampled_queues_it_again(tmp_path, monkey
     assert sum(t.state in FINISHED for t in trials) == 3
 
 
+def test_ctrl_c_while_the_warm_start_trains_queues_it_again(tmp_path, monkeypatch):
+    # Cut short in training (not in sampling): Optuna fails the trial itself; it
+    # records why, and the vanilla warm start, the study's reference, is not lost.
+    real = Trainer.train
+    calls = []
+
+    def train(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    cfg = tiny_config(tmp_path, trials=3, pruner="none")
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "train", train)
+        with pytest.raises(KeyboardInterrupt):
+            Search(cfg, log=io.StringIO()).run(progress=False)
+    trials = optuna.load_study(study_name="t", storage=cfg.storage).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING]
+    assert trials[0].user_attrs["failure"] == "interrupted" and "trained" in trials[0].user_attrs["failure_message"]
+    assert trials[1].system_attrs["fixed_params"] == trials[0].params
+    assert trials[1].user_attrs["warm_start"] == "vanilla transformer" and "failure" not in trials[1].user_attrs
+    Search(cfg, log=io.StringIO()).run(progress=False)
+    trials = optuna.load_study(study_name="t", storage=cfg.storage).trials
+    warm = [t for t in trials if t.user_attrs.get("warm_start") and t.state in FINISHED]
+    assert len(warm) == 1 and warm[0].params == trials[0].params and warm[0].number == 1
+    assert sum(t.state in FINISHED for t in trials) == 3
+
+
 # ---- --timeout: a wall-clock limit per run ----------------------------------------------
 def test_timeout_stops_starting_trials_and_the_same_command_continues(tmp_path, monkeypatch):
     # A clock that moves 60 s per finished trial: with a 100 s timeout the second trial
