@@ -230,8 +230,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             return run_parallel(cfg, args.workers, quiet=args.quiet)
         from nas.search import search_main
 
-        search_main(cfg, quiet=args.quiet)
-        return 0
+        return search_main(cfg, quiet=args.quiet)
     if args.command == "worker":
         from nas.workers import worker_main
 

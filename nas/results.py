@@ -150,3 +150,21 @@ def summary_table(study: optuna.Study, top: int = 5, weights: set[int] | None = 
                      f"{row[3]} ms, memory {row[4]} MiB on {a.get('device', '?')}")
         lines.append(f"architecture: {a.get('arch', '?')}")
     return "\n".join(lines)
+
+
+def failures_table(study: Trials) -> str | None:
+    """The failed trials by reason (the `failure` user attribute): how many, the
+    latest, and its message; None when no trial failed."""
+    failed = _trials(study, (TrialState.FAIL,))
+    if not failed:
+        return None
+    by_reason: dict[str, list[FrozenTrial]] = {}
+    for t in failed:
+        by_reason.setdefault(str(t.user_attrs.get("failure", "not recorded")), []).append(t)
+    rows = []
+    for reason, trials in sorted(by_reason.items(), key=lambda kv: -len(kv[1])):
+        last = max(trials, key=lambda t: t.number)
+        message = " ".join(str(last.user_attrs.get("failure_message", "-")).split())
+        rows.append([reason, str(len(trials)), str(last.number), message[:117] + "..." if len(message) > 120 else message])
+    return f"failed trials: {len(failed)}\n" + format_table(rows, ["failure", "trials", "latest", "its message"])
+

@@ -260,6 +260,7 @@ class Search:
         self.study: optuna.Study | None = None
         self.budget: Budget | None = None
         self.budget_origin: dict[str, Any] | None = None  # set when a new study's budget is derived from a measurement
+        self.gave_up = False  # set by run() when it stopped after too many failed trials
         self._open(create)
 
     # ---- creation / resumption ---------------------------------------------------
@@ -613,6 +614,7 @@ class Search:
         if reached(n):
             pass
         elif n.failed >= max_failures:
+            self.gave_up = True
             self._print(f"stopped after {n.failed} failed trials; see `nas show {self.cfg.study}` for their reasons")
         elif timed_out():
             self._print(f"stopped: --timeout reached with {n.finished} finished trials; run the same command again "
@@ -823,11 +825,12 @@ class _Progress:
         pass
 
 
-def search_main(cfg: SearchConfig, *, log: TextIO | None = None, quiet: bool = False) -> optuna.Study:
-    """Create or resume, run, and print the summary table."""
+def search_main(cfg: SearchConfig, *, log: TextIO | None = None, quiet: bool = False) -> int:
+    """Create or resume, run, and print the summary table; the exit status: 1 when
+    the search gave up after too many failed trials."""
     log = sys.stdout if log is None else log
     s = Search(cfg, log=log)
     study = s.run(progress=not quiet)
     print("", file=log)
     print(summary_table(study, top=5, weights=weights_on_disk(s.url, study.study_name)), file=log)
-    return study
+    return 1 if s.gave_up else 0

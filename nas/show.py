@@ -15,7 +15,7 @@ from nas.checkpoints import weights_on_disk
 from nas.errors import NasError
 from nas.hurdles import DEFAULT_MIN_TRIALS, signal_label
 from nas.search import BUDGET_ORIGIN_ATTR, CONFIG_ATTR, TRAIN_ATTR, schedule_options
-from nas.results import HEADER, _row, fitness, format_table, is_feasible, pareto_front, summary_table, total_steps_spent
+from nas.results import HEADER, _row, failures_table, fitness, format_table, is_feasible, pareto_front, summary_table, total_steps_spent
 from nas.stage_signal import format_stage_signals, stage_signals
 from nas.storage import default_url, open_storage, redact, sqlite_path
 
@@ -50,6 +50,9 @@ def show(study: optuna.Study, *, top: int = 10, out: TextIO | None = None, weigh
     steps = total_steps_spent(study)
     replays = sum("replayed_from" in t.user_attrs for t in trials)
     replayed = f" ({replays} {'trial' if replays == 1 else 'trials'} replayed an architecture trained before)"
+    failures = failures_table(trials)
+    if failures:
+        print("\n" + failures, file=out)
     print(f"training steps spent: {steps}" + (replayed if replays else ""), file=out)
     print(training_schedule(study), file=out)
 

@@ -68,7 +68,7 @@ def worker_main(args: argparse.Namespace) -> int:
     cfg = config_from_study(study, args)
     search = Search(cfg, create=False)
     search.run(progress=not args.quiet)
-    return 0
+    return 1 if search.gave_up else 0
 
 
 def worker_gpus(workers: int, device: torch.device, visible: str | None, count: int) -> list[str]:

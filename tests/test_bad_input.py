@@ -254,7 +254,7 @@ def test_nan_training_fails_the_trial_and_the_search_goes_on(capsys, tmp_path):
     space.write_text(TWO_ARCH_SPACE)
     argv = ["search", "--study", "n", "--storage", f"sqlite:///{tmp_path}/n.db", "--space", str(space), *TASK_ARGS,
             "--latency-ms", "1000", "--trials", "1", "--stages", "3", "--lr", "1e30", "--quiet"]
-    assert main(argv) == 0
+    assert main(argv) == 1  # it gave up: a script running it sees the search failed
     out = capsys.readouterr().out
     assert "stopped after 10 failed trials" in out
     study = optuna.load_study(study_name="n", storage=f"sqlite:///{tmp_path}/n.db")
@@ -264,6 +264,12 @@ def test_nan_training_fails_the_trial_and_the_search_goes_on(capsys, tmp_path):
         assert t.state == optuna.trial.TrialState.FAIL
         assert t.user_attrs["failure"] == "diverged"
         assert "nan" in t.user_attrs["failure_message"] and "learning rate" in t.user_attrs["failure_message"]
+    # `nas show`, where that message sends the user, lists them with their reason.
+    assert main(["show", "n", "--storage", f"sqlite:///{tmp_path}/n.db"]) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("failed trials: 10"):].splitlines()
+    assert table[1].split()[:2] == ["failure", "trials"]
+    assert table[3].split()[:3] == ["diverged", "10", "9"] and "learning rate" in table[3]
 
 
 def test_unknown_measure_dtype(capsys, db):
