@@ -17,6 +17,7 @@ ints, bools and the registry's own name strings; a tampered study is refused.
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -471,6 +472,9 @@ def export(study_name: str, *, storage: str | None = None, trial: int | None = N
 def _check_export_folder(folder: Path, force: bool) -> None:
     if folder.exists() and not folder.is_dir():
         raise NasError(f"--out {folder} is a file, not a folder; pass a folder path")
+    above = next((p for p in folder.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise NasError(f"--out {folder}: {above} is a file, not a folder; pass another --out")
     for name in EXPORT_FILES:  # renaming onto a folder would fail after the others were replaced
         if (folder / name).is_dir():
             raise NasError(f"{folder / name} is a folder; move it away or pass another --out")
@@ -498,7 +502,8 @@ def _write_export(folder: Path, state: dict[str, torch.Tensor], files: dict[str,
     finally:
         if not done:  # also on Ctrl-C: no partial file (weights can be large), no folder made for nothing
             for p in partial.values():
-                p.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # e.g. a folder never made: the error above says why
+                    p.unlink(missing_ok=True)
             for p in created:
                 try:
                     p.rmdir()

@@ -317,7 +317,11 @@ def open_storage(url: str, *, heartbeat: bool = True, read_only: bool = False) -
         raise StorageError(f"{path} is not a study database (no Optuna tables); check --storage")
     engine_kwargs: dict = {}
     if path is not None and not read_only:
-        _set_journal_mode(path)
+        try:
+            _set_journal_mode(path)
+        except sqlite3.Error as e:  # a folder that says it is writable and is not (/proc, root-squashed NFS)
+            raise StorageError(f"cannot open database file {path} ({' '.join(str(e).split())}); "
+                               f"pass another --storage") from None
         # Wait for a lock rather than fail at once; writers are short.
         engine_kwargs = sqlite_engine_options()
     else:

@@ -335,6 +335,16 @@ def test_search_leaves_another_programs_sqlite_file_alone(capsys, tmp_path):
     assert main(search_args(empty)) == 0
 
 
+def test_storage_folder_that_says_it_is_writable_and_is_not(capsys):
+    """/proc passes os.access(W_OK) for root, as a root-squashed NFS folder can; SQLite
+    then cannot create the file: one line, not a traceback."""
+    import os
+
+    if not (Path("/proc").is_dir() and os.access("/proc", os.W_OK)):
+        pytest.skip("needs /proc to look writable (Linux, as root)")
+    fails_cleanly(capsys, search_args(Path("/proc/nas-test.db")), "cannot open database file /proc/nas-test.db")
+
+
 def test_storage_folder_that_is_a_file(capsys, tmp_path):
     (tmp_path / "f").write_text("x")
     fails_cleanly(capsys, search_args(tmp_path / "f" / "t.db"), "is a file, not a folder")

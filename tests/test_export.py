@@ -385,6 +385,9 @@ def test_an_existing_export_is_kept_unless_forced(trained, tmp_path, capsys):
 
     code, _, err = cli(capsys, "export", "ex", "--storage", url, "--out", str(other / "notes.txt"))
     assert_one_line_error(code, err, "is a file, not a folder")
+    code, _, err = cli(capsys, "export", "ex", "--storage", url, "--out", str(other / "notes.txt" / "sub" / "x"))
+    assert_one_line_error(code, err, "notes.txt is a file, not a folder")
+    assert (other / "notes.txt").read_text() == "keep me"
 
 
 def test_a_failed_write_leaves_the_earlier_export_whole(trained, tmp_path, capsys, monkeypatch):
