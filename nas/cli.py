@@ -151,7 +151,8 @@ def _add_search_args(p: argparse.ArgumentParser, *, worker: bool) -> None:
                    help="latency budget as a share of the vanilla transformer's latency, measured when the study is "
                         "made (0.5: twice as fast); instead of --latency-ms")
     p.add_argument("--memory-mb", type=_positive_float, help="peak inference memory budget in MiB (default: none)")
-    p.add_argument("--steps", type=int, default=400, help="training steps of a candidate that clears every hurdle (default 400)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="training steps of a candidate that clears every hurdle (default 400; with --stages, its last)")
     p.add_argument("--stages", type=_stages, help="hurdle stages as step counts, e.g. 50,130,400 (default: steps/3, steps)")
     p.add_argument("--no-warm-start", action="store_true", help="do not seed the search with a vanilla transformer")
     p.add_argument("--lr", type=_positive_float, help="peak learning rate of every candidate's training (default: the trainer's, 3e-3)")
@@ -202,13 +203,16 @@ def _search_config(args: argparse.Namespace, argv: Sequence[str]):
     from nas.export import command_line
     from nas.search import SearchConfig
 
+    if args.steps is not None and args.stages and args.steps != args.stages[-1]:
+        raise ValueError(f"--steps {args.steps} and --stages {','.join(map(str, args.stages))} disagree: the last "
+                         f"stage is a candidate's full training; give --stages alone, or end it at {args.steps}")
     return SearchConfig(
         study=args.study, storage=args.storage, space=args.space, task=args.task,
         task_options=_task_options(args.task_option), latency_ms=args.latency_ms, latency_fraction=args.latency_fraction, memory_mb=args.memory_mb,
         trials=trials_limit(args), step_budget=args.step_budget, timeout_s=args.timeout, keep_checkpoints=args.keep_checkpoints,
         started_at=args.started_at if args.started_at is not None else time.time(),
         sampler=args.sampler, pruner=args.pruner, device=args.device, seed=args.seed,
-        steps=args.steps, stages=args.stages, population=args.population, tournament=args.tournament,
+        steps=SearchConfig.steps if args.steps is None else args.steps, stages=args.stages, population=args.population, tournament=args.tournament,
         mutation_prob=args.mutation_prob, budget_aware=not args.no_budget_check, on_refusal=args.on_refusal,
         hurdle_trials=args.hurdle_trials,
         hurdle_signal=args.hurdle_signal, hurdle_rule=args.hurdle_rule,

@@ -335,6 +335,16 @@ def test_search_leaves_another_programs_sqlite_file_alone(capsys, tmp_path):
     assert main(search_args(empty)) == 0
 
 
+def test_steps_that_disagree_with_the_stages_are_refused(capsys, tmp_path):
+    """--stages ends at a candidate's full training: a --steps that says otherwise was
+    silently ignored; one that agrees is accepted."""
+    db = tmp_path / "s.db"
+    fails_cleanly(capsys, search_args(db, "--steps", "30"), "--steps 30 and --stages 1 disagree")
+    fails_cleanly(capsys, search_args(db, "--steps", "0"), "--steps 0 and --stages 1 disagree")
+    assert not db.exists()
+    assert main(search_args(db, "--steps", "1")) == 0
+
+
 def test_storage_folder_that_says_it_is_writable_and_is_not(capsys):
     """/proc passes os.access(W_OK) for root, as a root-squashed NFS folder can; SQLite
     then cannot create the file: one line, not a traceback."""
