@@ -32,8 +32,8 @@ import torch
 
 from nas.errors import NasError
 from nas.results import best_feasible, is_feasible
-from nas.show import open_study
-from nas.storage import check_study_name, open_storage, redact
+from nas.show import open_nas_study, resolve_study
+from nas.storage import check_study_name, redact
 from nas.tables import Tables
 from search_spaces import ArchSpec, LayerSpec, SpecError, build_model
 from search_spaces.arch_spec import KNOBS
@@ -52,6 +52,8 @@ def pick_trial(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTr
         if best is None:
             raise NasError(f"study {study.study_name!r} has no feasible fully trained trial yet; run more trials, raise the budget, or pass --trial N")
         return best
+    if isinstance(number, bool) or not isinstance(number, int):
+        raise NasError(f"trial must be a trial number (an int), got {number!r}")
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     if number not in trials:
         raise NasError(f"study {study.study_name!r} has no trial {number}; its trials are 0..{max(trials) if trials else -1}")
@@ -321,16 +323,16 @@ def trained_weights(study: optuna.Study, trial: optuna.trial.FrozenTrial, spec: 
     row = Tables(url).get_checkpoint(study.study_name, trial.number)
     if row is None:
         raise NasError(f"trial {trial.number} has no checkpoint (only trials that clear the last hurdle save weights, "
-                       f"and --keep-checkpoints K keeps the best K and the Pareto front's); pass --retrain STEPS to train it")
+                       f"and --keep-checkpoints K keeps the best K and the Pareto front's); train it anew: nas export --trial {trial.number} --retrain STEPS")
     path = Path(row["path"])
     if row["arch_hash"] != spec.content_hash():
-        raise NasError(f"checkpoint of trial {trial.number} belongs to another architecture; pass --retrain STEPS")
+        raise NasError(f"checkpoint of trial {trial.number} belongs to another architecture; train it anew with nas export --retrain STEPS")
     if not path.exists():
-        raise NasError(f"checkpoint of trial {trial.number} is missing: {path} does not exist; restore it or pass --retrain STEPS")
+        raise NasError(f"checkpoint of trial {trial.number} is missing: {path} does not exist; restore it or train it anew with nas export --retrain STEPS")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file: unpickling errors of many kinds
-        raise NasError(f"checkpoint of trial {trial.number} at {path} cannot be read ({type(e).__name__}); restore it or pass --retrain STEPS") from None
+        raise NasError(f"checkpoint of trial {trial.number} at {path} cannot be read ({type(e).__name__}); restore it or train it anew with nas export --retrain STEPS") from None
     return state, f"checkpoint {path.name} ({row['step']} steps)"
 
 
@@ -338,24 +340,12 @@ def model_with_weights(spec: ArchSpec, state: dict[str, torch.Tensor], trial_num
     """`build_model(spec)` with `state` loaded (strictly: every tensor, right shapes)."""
     model = build_model(spec)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise NasError(f"checkpoint of trial {trial_number} is not a state dict; restore it or pass --retrain STEPS")
+        raise NasError(f"checkpoint of trial {trial_number} is not a state dict; restore it or train it anew with nas export --retrain STEPS")
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise NasError(f"checkpoint of trial {trial_number} does not fit its architecture ({str(e).splitlines()[0]}); pass --retrain STEPS") from None
+        raise NasError(f"checkpoint of trial {trial_number} does not fit its architecture ({str(e).splitlines()[0]}); train it anew with nas export --retrain STEPS") from None
     return model.eval()
-
-
-def resolve_study(study: str, storage: str | None = None) -> tuple[str, str | None]:
-    """(study name, storage URL) from a study name (with an optional storage URL), or
-    from a storage URL alone when that database holds exactly one study."""
-    if storage is None and "://" in study:
-        names = [s.study_name for s in open_storage(study, heartbeat=False, read_only=True).get_all_studies()]
-        if len(names) != 1:
-            raise NasError(f"{redact(study)} holds {len(names)} studies ({', '.join(names) or 'none'}); "
-                           f"name one: load_best(NAME, storage=URL) or nas export NAME --storage URL")
-        return names[0], study
-    return study, storage
 
 
 def load_best(study: str, *, storage: str | None = None, trial: int | None = None) -> torch.nn.Module:
@@ -365,7 +355,7 @@ def load_best(study: str, *, storage: str | None = None, trial: int | None = Non
     from nas.storage import default_url
 
     study, storage = resolve_study(study, storage)
-    s = open_study(study, storage)
+    s = open_nas_study(study, storage)
     t = pick_trial(s, trial)
     spec = trial_spec(t)
     state, _ = trained_weights(s, t, spec, url=storage or default_url(study), retrain=None)
@@ -452,7 +442,7 @@ def export(study_name: str, *, storage: str | None = None, trial: int | None = N
     study_name, storage = resolve_study(study_name, storage)
     check_study_name(study_name)  # the name goes into model.py's docstring: plain characters only
     url = storage or default_url(study_name)
-    study = open_study(study_name, storage)
+    study = open_nas_study(study_name, storage)
     t = pick_trial(study, trial)
     spec = trial_spec(t)
     folder = Path(out) if out is not None else Path("exports") / study_name

@@ -3,6 +3,7 @@ the hurdles, and optionally a plot (matplotlib, an optional extra)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from collections import Counter
@@ -32,6 +33,27 @@ def open_study(study: str, storage: str | None = None) -> optuna.Study:
     if study not in names:
         raise NasError(f"no study {study!r} in {redact(url)}; studies there: {', '.join(names) or 'none'}")
     return optuna.load_study(study_name=study, storage=st)
+
+
+def resolve_study(study: str, storage: str | None = None) -> tuple[str, str | None]:
+    """(study name, storage URL) from a study name (with an optional storage URL), or
+    from a storage URL alone when that database holds exactly one study."""
+    if storage is None and "://" in study:
+        names = [s.study_name for s in open_storage(study, heartbeat=False, read_only=True).get_all_studies()]
+        if len(names) != 1:
+            raise NasError(f"{redact(study)} holds {len(names)} studies ({', '.join(names) or 'none'}); "
+                           f"name one: nas show NAME --storage URL (or load_best(NAME, storage=URL))")
+        return names[0], study
+    return study, storage
+
+
+def open_nas_study(study: str, storage: str | None = None) -> optuna.Study:
+    """`open_study`, refusing a study nas did not make (there is no architecture to
+    export from it)."""
+    s = open_study(study, storage)
+    if not isinstance(s.user_attrs.get(CONFIG_ATTR), dict):
+        raise NasError(f"study {study!r} was not made by nas search (no {CONFIG_ATTR}); nothing to export from it")
+    return s
 
 
 def show(study: optuna.Study, *, top: int = 10, out: TextIO | None = None, weights: set[int] | None = None) -> None:
@@ -169,7 +191,10 @@ PLOT_FORMATS = (".png", ".pdf", ".svg", ".svgz", ".jpg", ".jpeg", ".eps", ".ps",
 
 
 def check_plot_path(path: str) -> None:
-    """Refuse, before the study is read, a --plot path that cannot be written."""
+    """Refuse, before the study is read, a --plot path that cannot be written, or a
+    plot without matplotlib (found without importing it)."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise NasError("--plot needs matplotlib; install it with pip install 'nas[plot]'")
     p = Path(path)
     if p.is_dir():
         raise NasError(f"--plot {path} is a folder; give a file name in it, e.g. {p / 'study.png'}")
@@ -185,6 +210,7 @@ def check_plot_path(path: str) -> None:
 def show_main(study_name: str, *, storage: str | None = None, top: int = 10, plot_path: str | None = None) -> int:
     if plot_path:
         check_plot_path(plot_path)
+    study_name, storage = resolve_study(study_name, storage)
     study = open_study(study_name, storage)
     show(study, top=top, weights=weights_on_disk(storage or default_url(study_name), study_name))
     if plot_path:

@@ -335,6 +335,44 @@ def test_search_leaves_another_programs_sqlite_file_alone(capsys, tmp_path):
     assert main(search_args(empty)) == 0
 
 
+def test_show_takes_a_database_url_as_export_does(capsys, db):
+    assert main(["show", f"sqlite:///{db}"]) == 0 and "study t:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("number", [True, "0", 1.0])
+def test_load_best_refuses_a_trial_that_is_not_a_number(db, number):
+    from nas.errors import NasError
+    from nas.export import load_best
+
+    with pytest.raises(NasError, match="trial must be a trial number"):
+        load_best("t", storage=f"sqlite:///{db}", trial=number)
+
+
+def test_export_of_a_study_nas_did_not_make_says_so(capsys, tmp_path):
+    from nas.errors import NasError
+    from nas.export import load_best
+
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    study = optuna.create_study(study_name="o", storage=url)
+    study.add_trial(optuna.trial.create_trial(value=0.5))
+    fails_cleanly(capsys, ["export", "o", "--storage", url, "--trial", "0", "--out", str(tmp_path / "x")],
+                  "not made by nas search")
+    with pytest.raises(NasError, match="not made by nas search"):
+        load_best("o", storage=url)
+    assert not (tmp_path / "x").exists()
+
+
+def test_plot_without_matplotlib_is_refused_before_the_report(capsys, db, monkeypatch, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    code = main(["show", "t", "--storage", f"sqlite:///{db}", "--plot", str(tmp_path / "p.png")])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""  # no report printed first
+    assert err.startswith("nas: error: --plot needs matplotlib") and "nas[plot]" in err and len(err.splitlines()) == 1
+
+
 def test_steps_that_disagree_with_the_stages_are_refused(capsys, tmp_path):
     """--stages ends at a candidate's full training: a --steps that says otherwise was
     silently ignored; one that agrees is accepted."""
