@@ -318,8 +318,12 @@ def trained_weights(study: optuna.Study, trial: optuna.trial.FrozenTrial, spec: 
         seed = int(trial.user_attrs.get("seed", 0))
         torch.manual_seed(seed)
         model = build_model(spec).to(dev)
-        Trainer(model, task, max_steps=retrain, device=dev, seed=seed).train(retrain)
-        return {k: v.detach().cpu() for k, v in model.state_dict().items()}, f"retrained {retrain} steps"
+        trainer = Trainer(model, task, max_steps=retrain, device=dev, seed=seed)
+        trainer.train(retrain)
+        # The card's fitness line is the search's; these weights get their own figure.
+        score = trainer.evaluate().fitness
+        return ({k: v.detach().cpu() for k, v in model.state_dict().items()},
+                f"retrained {retrain} steps (validation fitness of these weights: {score:.4f})")
     row = Tables(url).get_checkpoint(study.study_name, trial.number)
     if row is None:
         raise NasError(f"trial {trial.number} has no checkpoint (only trials that clear the last hurdle save weights, "

@@ -339,7 +339,17 @@ def test_user_errors_are_one_line(trained, tmp_path, capsys):
         code, _, err = cli(capsys, "export", "ex", "--storage", url, "--out", str(tmp_path / "r"), "--retrain", "2",
                            "--device", "cpu")
         assert code == 0, err
-        assert "retrained 2 steps" in (tmp_path / "r" / "card.md").read_text()
+        card = (tmp_path / "r" / "card.md").read_text()
+        assert "retrained 2 steps" in card
+        # The card's figure for these weights is theirs: the exported weights, evaluated here.
+        import re
+
+        from evaluators.tasks import get_task
+
+        stated = float(re.search(r"validation fitness of these weights: ([0-9.]+)", card).group(1))
+        model = build_model(ArchSpec.from_json((tmp_path / "r" / "arch.json").read_text()))
+        model.load_state_dict(torch.load(tmp_path / "r" / "weights.pt", weights_only=True))
+        assert get_task("mqar", **TINY_TASK).evaluate(model.eval(), torch.device("cpu")).fitness == pytest.approx(stated, abs=1e-4)
     finally:
         shutil.move(moved, ckpt)
     assert not (tmp_path / "a").exists()
