@@ -225,6 +225,9 @@ class Objective:
         except SpecError as e:
             trial.set_user_attr("failure", f"invalid architecture: {e}")
             raise
+        # A retry starts from the user attributes of the trial it repeats (Optuna copies
+        # them): it has spent nothing yet.
+        trial.set_user_attr("steps_spent", 0)
         trial.set_user_attr("arch", spec.to_json())
         trial.set_user_attr("arch_hash", spec.content_hash())
         trial.set_user_attr("attention_mix", ",".join(layer.attention for layer in spec.layers))

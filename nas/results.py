@@ -47,7 +47,11 @@ def fitness(trial: FrozenTrial) -> float | None:
 def steps_spent(trial: FrozenTrial) -> int:
     """Training steps this trial cost: 0 for one that replayed an architecture
     trained before (`steps_trained` is then the steps its fitness stands for);
-    studies written before `steps_spent` existed hold only `steps_trained`."""
+    studies written before `steps_spent` existed hold only `steps_trained`. A
+    queued trial has spent nothing, whatever it carries: Optuna's retry of a dead
+    worker's trial copies that trial's user attributes, its steps among them."""
+    if trial.state == TrialState.WAITING:
+        return 0
     a = trial.user_attrs
     return int(a.get("steps_spent", a.get("steps_trained", 0)))
 

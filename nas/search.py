@@ -715,6 +715,9 @@ class _TrialStarts:
             self._beat = None
 
 
+QUEUED_ATTRS = ("warm_start",)  # the user attributes a queued trial is given (`study.enqueue_trial`)
+
+
 def _fail_if_running(study: optuna.Study, trials: list[tuple[int, bool]], reason: str, why: str) -> None:
     """Fail those of `trials` still RUNNING, recording `reason` (the `failure` tag)
     and `why`. A trial interrupted in its objective is failed by Optuna already, with
@@ -732,9 +735,10 @@ def _fail_if_running(study: optuna.Study, trials: list[tuple[int, bool]], reason
             continue  # finished before the interruption, or failed for a reason of its own
         fixed = frozen.system_attrs.get("fixed_params")
         if queued and fixed:
-            # What the queue held: its parameters, its own attrs (e.g. warm_start), and the
-            # retry marker Optuna's heartbeat retry put on it, so the tally counts it as one.
-            attrs = {k: v for k, v in frozen.user_attrs.items() if k not in ("failure", "failure_message")}
+            # What the queue held: its parameters, the warm start's mark, and the retry
+            # marker Optuna's heartbeat retry put on it, so the tally counts it as one; not
+            # what the cut-short run recorded (its steps, metrics, measurements).
+            attrs = {k: v for k, v in frozen.user_attrs.items() if k in QUEUED_ATTRS}
             study.add_trial(optuna.trial.create_trial(
                 state=optuna.trial.TrialState.WAITING, user_attrs=attrs,
                 system_attrs={k: v for k, v in frozen.system_attrs.items() if k in ("fixed_params", "failed_trial")}))

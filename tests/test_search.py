@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from nas.objective import Budget, Objective
-from nas.results import FINISHED
+from nas.results import FINISHED, steps_spent, total_steps_spent
 from nas.search import Search, SearchConfig, SearchError
 from nas.show import show
 from nas.storage import default_url
@@ -937,16 +937,21 @@ def test_ctrl_c_while_the_warm_start_is_sampled_queues_it_again(tmp_path, monkey
 
 
 def test_ctrl_c_while_the_warm_start_trains_queues_it_again(tmp_path, monkeypatch):
-    # Cut short in training (not in sampling): Optuna fails the trial itself; it
-    # records why, and the vanilla warm start, the study's reference, is not lost.
+    # Cut short in training (not in sampling), after its first stage: Optuna fails
+    # the trial itself; it records why, and the vanilla warm start, the study's
+    # reference, is queued again without what the cut-short run recorded, so its
+    # steps count once.
     real = Trainer.train
     calls = []
 
-    def train(self, *args, **kwargs):
+    def train(self, until_step, report_at=(), report=None):
         calls.append(1)
-        if len(calls) == 1:
+
+        def report_then_stop(step, result):  # Ctrl-C right after the first stage's report
+            report(step, result)
             raise KeyboardInterrupt
-        return real(self, *args, **kwargs)
+
+        return real(self, until_step, report_at, report_then_stop if len(calls) == 1 else report)
 
     cfg = tiny_config(tmp_path, trials=3, pruner="none")
     with monkeypatch.context() as m:
@@ -957,7 +962,11 @@ def test_ctrl_c_while_the_warm_start_trains_queues_it_again(tmp_path, monkeypatc
     assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING]
     assert trials[0].user_attrs["failure"] == "interrupted" and "trained" in trials[0].user_attrs["failure_message"]
     assert trials[1].system_attrs["fixed_params"] == trials[0].params
-    assert trials[1].user_attrs["warm_start"] == "vanilla transformer" and "failure" not in trials[1].user_attrs
+    assert trials[1].user_attrs == {"warm_start": "vanilla transformer"}
+    assert trials[0].user_attrs["steps_spent"] == 4 and total_steps_spent(trials) == 4
+    # Optuna's own retry of a dead worker's trial copies all its user attributes: queued, it has spent nothing.
+    copy = optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING, user_attrs={"steps_spent": 7})
+    assert steps_spent(copy) == 0
     Search(cfg, log=io.StringIO()).run(progress=False)
     trials = optuna.load_study(study_name="t", storage=cfg.storage).trials
     warm = [t for t in trials if t.user_attrs.get("warm_start") and t.state in FINISHED]
