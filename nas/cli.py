@@ -212,7 +212,7 @@ def _search_config(args: argparse.Namespace, argv: Sequence[str]):
         trials=trials_limit(args), step_budget=args.step_budget, timeout_s=args.timeout, keep_checkpoints=args.keep_checkpoints,
         started_at=args.started_at if args.started_at is not None else time.time(),
         sampler=args.sampler, pruner=args.pruner, device=args.device, seed=args.seed,
-        steps=SearchConfig.steps if args.steps is None else args.steps, stages=args.stages, population=args.population, tournament=args.tournament,
+        steps=args.steps, stages=args.stages, population=args.population, tournament=args.tournament,
         mutation_prob=args.mutation_prob, budget_aware=not args.no_budget_check, on_refusal=args.on_refusal,
         hurdle_trials=args.hurdle_trials,
         hurdle_signal=args.hurdle_signal, hurdle_rule=args.hurdle_rule,
@@ -221,6 +221,11 @@ def _search_config(args: argparse.Namespace, argv: Sequence[str]):
         measure_batch=args.measure_batch,
         train_options={k: v for k, v in (("lr", args.lr), ("min_lr_ratio", args.min_lr_ratio)) if v is not None},
     )
+
+
+def _given(argv: Sequence[str], flag: str) -> bool:
+    """Whether `flag` is on the command line (as `--flag VALUE` or `--flag=VALUE`)."""
+    return any(a == flag or a.startswith(flag + "=") for a in argv)
 
 
 def run(argv: Sequence[str] | None = None) -> int:
@@ -239,6 +244,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         from nas.workers import worker_main
 
         return worker_main(args)
+    if args.command in ("show", "export") and "://" in args.study and not _given(argv, "--storage"):
+        args.storage = None  # a database URL in place of the study name: $NAS_STORAGE does not apply
     if args.command == "show":
         from nas.show import show_main
 

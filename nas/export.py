@@ -32,6 +32,7 @@ import torch
 
 from nas.errors import NasError
 from nas.results import best_feasible, is_feasible
+from nas.search import TRAIN_ATTR, schedule_options
 from nas.show import open_nas_study, resolve_study
 from nas.storage import check_study_name, redact
 from nas.tables import Tables
@@ -318,7 +319,9 @@ def trained_weights(study: optuna.Study, trial: optuna.trial.FrozenTrial, spec: 
         seed = int(trial.user_attrs.get("seed", 0))
         torch.manual_seed(seed)
         model = build_model(spec).to(dev)
-        trainer = Trainer(model, task, max_steps=retrain, device=dev, seed=seed)
+        # The study's learning-rate schedule (e.g. constant after warm-up), as its trials trained.
+        schedule = schedule_options(study.user_attrs.get(TRAIN_ATTR) or {})
+        trainer = Trainer(model, task, max_steps=retrain, device=dev, seed=seed, **schedule)
         trainer.train(retrain)
         # The card's fitness line is the search's; these weights get their own figure.
         score = trainer.evaluate().fitness

@@ -42,7 +42,7 @@ def resolve_study(study: str, storage: str | None = None) -> tuple[str, str | No
         names = [s.study_name for s in open_storage(study, heartbeat=False, read_only=True).get_all_studies()]
         if len(names) != 1:
             raise NasError(f"{redact(study)} holds {len(names)} studies ({', '.join(names) or 'none'}); "
-                           f"name one: nas show NAME --storage URL (or load_best(NAME, storage=URL))")
+                           f"name one, with the URL as its storage (--storage URL, or load_best(NAME, storage=URL))")
         return names[0], study
     return study, storage
 

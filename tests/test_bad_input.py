@@ -335,8 +335,12 @@ def test_search_leaves_another_programs_sqlite_file_alone(capsys, tmp_path):
     assert main(search_args(empty)) == 0
 
 
-def test_show_takes_a_database_url_as_export_does(capsys, db):
+def test_show_takes_a_database_url_as_export_does(capsys, db, monkeypatch, tmp_path):
     assert main(["show", f"sqlite:///{db}"]) == 0 and "study t:" in capsys.readouterr().out
+    # $NAS_STORAGE names the default database; a URL given in place of the study wins over it.
+    monkeypatch.setenv("NAS_STORAGE", f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    assert main(["show", f"sqlite:///{db}"]) == 0 and "study t:" in capsys.readouterr().out
+    assert main(["export", f"sqlite:///{db}", "--out", str(tmp_path / "x")]) == 0
 
 
 @pytest.mark.parametrize("number", [True, "0", 1.0])

@@ -400,6 +400,19 @@ def test_an_existing_export_is_kept_unless_forced(trained, tmp_path, capsys):
     assert (other / "notes.txt").read_text() == "keep me"
 
 
+def test_retrain_with_the_studys_steps_reproduces_its_weights(trained, tmp_path, capsys):
+    """--retrain trains as the study's trials did (same seed, same learning-rate
+    schedule: constant after warm-up, stored with the study), so retraining for the
+    search's own 8 steps gives the search's checkpoint back."""
+    out = tmp_path / "again"
+    code, _, err = cli(capsys, "export", "ex", "--storage", trained["url"], "--out", str(out), "--retrain", "8")
+    assert code == 0, err
+    again = torch.load(out / "weights.pt", weights_only=True)
+    searched = search_model(trained).state_dict()
+    assert again.keys() == searched.keys()
+    assert all(torch.equal(again[k], searched[k]) for k in again)
+
+
 def test_a_failed_write_leaves_the_earlier_export_whole(trained, tmp_path, capsys, monkeypatch):
     url, out = trained["url"], tmp_path / "export"
     assert cli(capsys, "export", "ex", "--storage", url, "--out", str(out))[0] == 0

@@ -18,6 +18,7 @@ import torch
 from nas.objective import Budget, Objective
 from nas.results import FINISHED, steps_spent, total_steps_spent
 from nas.search import Search, SearchConfig, SearchError
+from fixture_spaces import TWO_ARCH_SPACE
 from nas.show import show
 from nas.storage import default_url
 from nas.tables import Tables
@@ -142,6 +143,10 @@ def test_default_stages_are_a_third_of_the_steps_then_all_and_a_stored_study_kee
     assert resumed.stages == (25, 50, 133, 400)
     stored = optuna.load_study(study_name="old", storage=old.storage).user_attrs["nas:config"]["stages"]
     assert stored == [25, 50, 133, 400]
+    # --steps asked for by name is a request, even at the default's value: 400 steps
+    # are (133, 400) by the default rule, not the stored stages, so it is refused.
+    with pytest.raises(SearchError, match="stages"):
+        Search(tiny_config(tmp_path, name="old", stages=None, steps=400), log=io.StringIO())
 
 
 def test_impossible_budget_is_refused_before_anything_is_stored(tmp_path):
@@ -190,6 +195,32 @@ def test_a_second_study_in_a_database_takes_its_budget_from_the_cache(tmp_path):
     t0 = search.run(progress=False).trials[0]
     assert t0.user_attrs["warm_start"] == "vanilla transformer" and t0.user_attrs["latency_ms"] == 50_000.0
     assert t0.constraints["latency_ms"] <= 0 and t0.state == optuna.trial.TrialState.COMPLETE
+
+
+def test_an_explicit_budget_is_checked_against_the_cached_figure_the_trials_will_read(tmp_path):
+    # The cheapest architecture as the file's cache holds it (set by hand to 50 s) is what
+    # every trial there reads; a fresh timing under the budget must not let it pass.
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    Search(tiny_config(tmp_path, name="a", storage=url, trials=1, pruner="none"), log=io.StringIO())
+    con = sqlite3.connect(tmp_path / "shared.db")
+    con.execute("UPDATE nas_measurements SET latency = json_set(latency, '$.median_ms', 50000.0)")
+    con.commit()
+    con.close()
+    with pytest.raises(SearchError, match=r"measures 50000.000 ms on cpu \(as this database measured it before\)"):
+        Search(tiny_config(tmp_path, name="b", storage=url, latency_ms=1000.0), log=io.StringIO())
+
+
+def test_a_budget_measured_now_is_not_called_cached(tmp_path):
+    # A one-architecture space: the vanilla transformer is the cheapest, timed a moment
+    # before into an existing file's cache; that is no earlier measurement.
+    space = tmp_path / "one.toml"
+    space.write_text(TWO_ARCH_SPACE.replace('["full", "linear"]', '["full"]'))
+    (tmp_path / "new.db").write_bytes(b"")
+    log = io.StringIO()
+    Search(tiny_config(tmp_path, name="n", storage=f"sqlite:///{tmp_path / 'new.db'}", space=str(space),
+                       latency_ms=None), log=log)
+    assert "budget = measured latency of the vanilla transformer" in log.getvalue()
+    assert "cache" not in log.getvalue()
 
 
 def test_latency_fraction_scales_the_vanilla_transformers_measured_latency(tmp_path):
@@ -469,7 +500,6 @@ def test_trials_and_step_budget_whichever_comes_first(tmp_path):
 def test_step_budget_alone_stops_when_the_space_is_exhausted(tmp_path):
     # Two architectures: after both are trained every trial is a free replay, so
     # the budget would never be spent. The search must stop, and say why.
-    from fixture_spaces import TWO_ARCH_SPACE
     from nas.search import IDLE_TRIALS_LIMIT
 
     space = tmp_path / "two.toml"
