@@ -937,71 +937,64 @@ def test_an_error_while_a_trial_is_sampled_fails_that_trial_and_is_raised(tmp_pa
     assert "CUDNN_STATUS_EXECUTION_FAILED" in trials[-1].user_attrs["failure_message"]
 
 
-def test_ctrl_c_while_the_warm_start_is_sampled_queues_it_again(tmp_path, monkeypatch):
+def _interrupt_the_warm_start(where: str, m: pytest.MonkeyPatch) -> None:
+    """Ctrl-C on the first trial (the warm start): while it is sampled (in evolution's
+    plan), or while it trains, right after its first stage's report."""
     from nas.evolution import EvolutionSampler
 
-    real = EvolutionSampler._plan_of
-    calls = []
+    if where == "sampled":
+        real_plan = EvolutionSampler._plan_of
 
-    def plan_of(self, study, trial):
-        calls.append(trial.number)
-        if trial.number == 0:
-            raise KeyboardInterrupt
-        return real(self, study, trial)
+        def plan_of(self, study, trial):
+            if trial.number == 0:
+                raise KeyboardInterrupt
+            return real_plan(self, study, trial)
 
-    cfg = tiny_config(tmp_path, trials=3, pruner="none")
-    with monkeypatch.context() as m:
         m.setattr(EvolutionSampler, "_plan_of", plan_of)
-        with pytest.raises(KeyboardInterrupt):
-            Search(cfg, log=io.StringIO()).run(progress=False)
-    trials = optuna.load_study(study_name="t", storage=cfg.storage).trials
-    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING]
-    assert trials[0].user_attrs["failure"] == "interrupted"
-    assert trials[1].system_attrs["fixed_params"] == trials[0].system_attrs["fixed_params"]
-    assert trials[1].user_attrs["warm_start"] == "vanilla transformer"
-    Search(cfg, log=io.StringIO()).run(progress=False)
-    trials = optuna.load_study(study_name="t", storage=cfg.storage).trials
-    warm = [t for t in trials if t.user_attrs.get("warm_start") and t.state in FINISHED]
-    assert len(warm) == 1 and warm[0].params == trials[0].system_attrs["fixed_params"]
-    assert sum(t.state in FINISHED for t in trials) == 3
-
-
-def test_ctrl_c_while_the_warm_start_trains_queues_it_again(tmp_path, monkeypatch):
-    # Cut short in training (not in sampling), after its first stage: Optuna fails
-    # the trial itself; it records why, and the vanilla warm start, the study's
-    # reference, is queued again without what the cut-short run recorded, so its
-    # steps count once.
-    real = Trainer.train
-    calls = []
+        return
+    real_train, calls = Trainer.train, []
 
     def train(self, until_step, report_at=(), report=None):
         calls.append(1)
 
-        def report_then_stop(step, result):  # Ctrl-C right after the first stage's report
+        def report_then_stop(step, result):
             report(step, result)
             raise KeyboardInterrupt
 
-        return real(self, until_step, report_at, report_then_stop if len(calls) == 1 else report)
+        return real_train(self, until_step, report_at, report_then_stop if len(calls) == 1 else report)
 
+    m.setattr(Trainer, "train", train)
+
+
+@pytest.mark.parametrize("where", ["sampled", "trained"])
+def test_ctrl_c_during_the_warm_start_queues_it_again(tmp_path, monkeypatch, where):
+    # Cut short while sampled, a trial is failed by us; while trained, by Optuna. Either
+    # way it records why, and the vanilla warm start, the study's reference, is queued
+    # again with the queue's own attributes only, not what the cut-short run recorded,
+    # so its steps count once.
     cfg = tiny_config(tmp_path, trials=3, pruner="none")
     with monkeypatch.context() as m:
-        m.setattr(Trainer, "train", train)
+        _interrupt_the_warm_start(where, m)
         with pytest.raises(KeyboardInterrupt):
             Search(cfg, log=io.StringIO()).run(progress=False)
     trials = optuna.load_study(study_name="t", storage=cfg.storage).trials
     assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING]
-    assert trials[0].user_attrs["failure"] == "interrupted" and "trained" in trials[0].user_attrs["failure_message"]
-    assert trials[1].system_attrs["fixed_params"] == trials[0].params
+    assert trials[0].user_attrs["failure"] == "interrupted" and where in trials[0].user_attrs["failure_message"]
+    assert trials[1].system_attrs["fixed_params"] == trials[0].system_attrs["fixed_params"]
     assert trials[1].user_attrs == {"warm_start": "vanilla transformer"}
-    assert trials[0].user_attrs["steps_spent"] == 4 and total_steps_spent(trials) == 4
-    # Optuna's own retry of a dead worker's trial copies all its user attributes: queued, it has spent nothing.
-    copy = optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING, user_attrs={"steps_spent": 7})
-    assert steps_spent(copy) == 0
+    assert trials[0].user_attrs.get("steps_spent", 0) == (4 if where == "trained" else 0)
+    assert total_steps_spent(trials) == trials[0].user_attrs.get("steps_spent", 0)
     Search(cfg, log=io.StringIO()).run(progress=False)
     trials = optuna.load_study(study_name="t", storage=cfg.storage).trials
     warm = [t for t in trials if t.user_attrs.get("warm_start") and t.state in FINISHED]
-    assert len(warm) == 1 and warm[0].params == trials[0].params and warm[0].number == 1
+    assert len(warm) == 1 and warm[0].params == trials[0].system_attrs["fixed_params"] and warm[0].number == 1
     assert sum(t.state in FINISHED for t in trials) == 3
+
+
+def test_a_queued_trial_has_spent_no_steps():
+    # Optuna's own retry of a dead worker's trial copies all its user attributes.
+    copy = optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING, user_attrs={"steps_spent": 7})
+    assert steps_spent(copy) == 0
 
 
 # ---- --timeout: a wall-clock limit per run ----------------------------------------------
