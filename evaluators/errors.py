@@ -41,7 +41,7 @@ class TrainingDiverged(TrialFailure):
         at = f" (learning rate {lr:.3g} at that step)" if lr is not None else ""
         super().__init__(
             f"training diverged: loss is {loss} at step {step}{at}; "
-            f"try a lower learning rate (lr=...) or a longer warm-up (warmup_steps=...)"
+            f"try a lower learning rate (nas search --lr; Trainer(lr=...)) or a longer warm-up (Trainer(warmup_steps=...))"
         )
 
 
