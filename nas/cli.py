@@ -118,7 +118,10 @@ def _add_search_args(p: argparse.ArgumentParser, *, worker: bool) -> None:
                         "trained trial's); the others still export with --retrain")
     p.add_argument("--sampler", default="evolution", choices=SAMPLERS)
     p.add_argument("--pruner", default="hurdles", choices=PRUNERS)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None,
+                   help="training seed of every candidate (default 0; a resumed study keeps its own)")
+    # Set by `--workers K` for its workers: each samples with its own seed.
+    p.add_argument("--sampler-seed", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--population", type=int, default=12, help="evolution population size P (default 12)")
     p.add_argument("--tournament", type=int, default=4, help="evolution tournament size S (default 4)")
     p.add_argument("--mutation-prob", type=float, default=0.2)
@@ -211,7 +214,7 @@ def _search_config(args: argparse.Namespace, argv: Sequence[str]):
         task_options=_task_options(args.task_option), latency_ms=args.latency_ms, latency_fraction=args.latency_fraction, memory_mb=args.memory_mb,
         trials=trials_limit(args), step_budget=args.step_budget, timeout_s=args.timeout, keep_checkpoints=args.keep_checkpoints,
         started_at=args.started_at if args.started_at is not None else time.time(),
-        sampler=args.sampler, pruner=args.pruner, device=args.device, seed=args.seed,
+        sampler=args.sampler, pruner=args.pruner, device=args.device, seed=args.seed, sampler_seed=args.sampler_seed,
         steps=args.steps, stages=args.stages, population=args.population, tournament=args.tournament,
         mutation_prob=args.mutation_prob, budget_aware=not args.no_budget_check, on_refusal=args.on_refusal,
         hurdle_trials=args.hurdle_trials,

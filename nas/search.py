@@ -73,7 +73,7 @@ def schedule_options(stored: dict[str, Any]) -> dict[str, Any]:
 IDLE_TRIALS_LIMIT = 50
 WAIT_POLL_S = 1.0  # how often a worker waiting for other workers' last trials reads the study
 ORPHAN_AGE_S = 6 * 3600  # a RUNNING trial older than this, in a study with no finished trial, is not waited for
-IDENTITY_KEYS = ("task", "space", "budget", "device", "stages", "measure_batch", "measure_dtype")
+IDENTITY_KEYS = ("task", "space", "budget", "device", "stages", "measure_batch", "measure_dtype", "seed")
 # Studies made before the measurement dtype was stored measured in float32.
 STORED_DEFAULTS = {"measure_dtype": "float32"}
 
@@ -129,7 +129,8 @@ class SearchConfig:
     sampler: str = "evolution"
     pruner: str = "hurdles"
     device: str = "auto"
-    seed: int = 0
+    seed: int | None = None  # training seed of every candidate; None: 0 for a new study, the study's own on resume
+    sampler_seed: int | None = None  # the sampler's; None: the training seed (`--workers K` gives each its own)
     steps: int | None = None  # a candidate's full training; None: DEFAULT_STEPS for a new study, the study's own on resume
     stages: tuple[int, ...] | None = None
     population: int = 12
@@ -264,6 +265,7 @@ class Search:
         self.study: optuna.Study | None = None
         self.budget: Budget | None = None
         self.budget_origin: dict[str, Any] | None = None  # set when a new study's budget is derived from a measurement
+        self.seed = 0 if cfg.seed is None else cfg.seed  # a resumed study's own when none is asked for (_open)
         self.gave_up = False  # set by run() when it stopped after too many failed trials
         self._open(create)
 
@@ -277,6 +279,7 @@ class Search:
             "stages": list(self.stages),
             "measure_batch": self.measure_batch,
             "measure_dtype": dtype_name(self.dtype),
+            "seed": self.seed,
         }
 
     def _study_exists(self) -> bool:
@@ -303,7 +306,11 @@ class Search:
                 cfg.latency_ms if cfg.latency_ms is not None else stored["budget"]["latency_ms"],
                 cfg.memory_mb if cfg.memory_mb is not None else stored["budget"]["memory_mb"],
             )
+            if cfg.seed is None:  # not asked for: keep the study's
+                self.seed = int(stored.get("seed", 0))
             wanted = self._identity(budget)
+            if "seed" not in stored:  # made before the seed was stored: trains with the one asked for, as then
+                del wanted["seed"]
             if cfg.stages is None and cfg.steps is None:
                 wanted["stages"] = stored["stages"]  # not asked for: keep the study's
                 self.stages = tuple(stored["stages"])
@@ -380,7 +387,7 @@ class Search:
 
         def time_cheapest(cache: Tables | None) -> Measurement:
             return measure(cheapest, device=self.device, batch_size=self.measure_batch, tables=cache,
-                           threads=self.threads, dtype=self.dtype, seed=cfg.seed)
+                           threads=self.threads, dtype=self.dtype, seed=self.seed)
 
         m = time_cheapest(tables)
         measured = [(cheapest, m)]
@@ -394,7 +401,7 @@ class Search:
                 ref = _spec_from_params(self.space, vanilla, shape)
                 ref_is_cheapest = ref.content_hash() == cheapest.content_hash()
                 r = measure(ref, device=self.device, batch_size=self.measure_batch, tables=tables,
-                            threads=self.threads, dtype=self.dtype, seed=cfg.seed)
+                            threads=self.threads, dtype=self.dtype, seed=self.seed)
                 measured.append((ref, r))
             reference = "vanilla transformer" if vanilla else "cheapest architecture"
             # Rounded up, so the vanilla transformer itself (cached below) stays within a fraction of 1.
@@ -448,7 +455,7 @@ class Search:
         return Objective(
             study_name=self.cfg.study, task=self.task, space=self.space, budget=self.budget,
             device=self.device, stages=self.stages, tables=Tables(self.url), checkpoint_dir=ckpt_root,
-            seed=self.cfg.seed, measure_batch=self.measure_batch, threads=self.threads, dtype=self.dtype,
+            seed=self.seed, measure_batch=self.measure_batch, threads=self.threads, dtype=self.dtype,
             train_options=self.train_options,
             search_info={"sampler": self.cfg.sampler, "pruner": self.cfg.pruner, "hurdle_trials": self.cfg.hurdle_trials,
                          "hurdle_signal": self.cfg.hurdle_signal, "hurdle_rule": self.cfg.hurdle_rule,
@@ -480,7 +487,8 @@ class Search:
         (`budget_aware`)."""
         cfg = self.cfg
         check = objective.within_budget if objective is not None and cfg.budget_aware else None
-        sampler = make_sampler(cfg.sampler, seed=cfg.seed, population=cfg.population, tournament=cfg.tournament,
+        sampler_seed = self.seed if cfg.sampler_seed is None else cfg.sampler_seed
+        sampler = make_sampler(cfg.sampler, seed=sampler_seed, population=cfg.population, tournament=cfg.tournament,
                                mutation_prob=cfg.mutation_prob, selection=cfg.selection_signal, child_check=check,
                                on_refusal=cfg.on_refusal)
         pruner = make_pruner(cfg.pruner, stages=self.stages, min_trials=cfg.hurdle_trials, signal=cfg.hurdle_signal,
@@ -658,12 +666,13 @@ def parse_duration(text: str) -> float:
 def _check_search_numbers(cfg: SearchConfig) -> None:
     """The sampler's and pruner's numbers, checked under their flags' names before
     anything is stored (the sampler and pruner themselves are built only later)."""
-    # Training seeds every candidate: unlike the sampler's, this seed cannot be None.
-    if not (is_int(cfg.seed) and cfg.seed >= 0):
-        raise SearchError(f"--seed must be a non-negative integer, got {cfg.seed!r}")
+    # Training seeds every candidate: None only as "the study's own" (0 for a new study).
+    for flag, seed in (("--seed", cfg.seed), ("--sampler-seed", cfg.sampler_seed)):
+        if seed is not None and not (is_int(seed) and seed >= 0):
+            raise SearchError(f"{flag} must be a non-negative integer, got {seed!r}")
     try:
         if cfg.sampler == "evolution":
-            check_evolution_numbers(cfg.population, cfg.tournament, cfg.mutation_prob, cfg.seed,
+            check_evolution_numbers(cfg.population, cfg.tournament, cfg.mutation_prob, None,
                                     names=("--population", "--tournament", "--mutation-prob", "--seed"))
         check_min_trials(cfg.hurdle_trials, "--hurdle-trials")
     except ValueError as e:

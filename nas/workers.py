@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -52,7 +53,8 @@ def config_from_study(study: optuna.Study, args: argparse.Namespace) -> SearchCo
         task_options=stored["task"]["options"], latency_ms=stored["budget"]["latency_ms"],
         memory_mb=stored["budget"]["memory_mb"], trials=trials_limit(args), step_budget=args.step_budget, timeout_s=args.timeout, started_at=args.started_at, keep_checkpoints=args.keep_checkpoints,
         sampler=args.sampler, pruner=args.pruner,
-        device=args.device, seed=args.seed, stages=tuple(stored["stages"]), population=args.population,
+        device=args.device, seed=args.seed, sampler_seed=args.sampler_seed, stages=tuple(stored["stages"]),
+        population=args.population,
         tournament=args.tournament, mutation_prob=args.mutation_prob, hurdle_trials=args.hurdle_trials,
         hurdle_signal=args.hurdle_signal, hurdle_rule=args.hurdle_rule, selection_signal=args.selection_signal,
         budget_aware=not args.no_budget_check, on_refusal=args.on_refusal, warm_start=False, measure_threads=threads,
@@ -66,6 +68,8 @@ def worker_main(args: argparse.Namespace) -> int:
     args.storage = args.storage or default_url(args.study)
     study = open_study(args.study, args.storage)
     cfg = config_from_study(study, args)
+    if cfg.sampler_seed is None:  # a worker started by hand (another machine): draws of its own
+        cfg = dataclasses.replace(cfg, sampler_seed=secrets.randbelow(2**31))
     search = Search(cfg, create=False)
     search.run(progress=not args.quiet)
     return 1 if search.gave_up else 0
@@ -89,10 +93,12 @@ def _worker_argv(cfg: SearchConfig, quiet: bool) -> list[str]:
     # No --storage: the URL goes through the environment (STORAGE_ENV), so a
     # password in it never shows in the process list.
     argv = [sys.executable, "-m", "nas.cli", "worker", "--study", cfg.study, "--sampler", cfg.sampler, "--pruner", cfg.pruner,
-            "--device", cfg.device, "--seed", str(cfg.seed), "--population", str(cfg.population),
+            "--device", cfg.device, "--population", str(cfg.population),
             "--tournament", str(cfg.tournament), "--mutation-prob", str(cfg.mutation_prob),
             "--hurdle-trials", str(cfg.hurdle_trials), "--hurdle-signal", cfg.hurdle_signal,
             "--hurdle-rule", cfg.hurdle_rule, "--selection-signal", cfg.selection_signal, "--on-refusal", cfg.on_refusal]
+    if cfg.seed is not None:  # otherwise the worker keeps the study's
+        argv += ["--seed", str(cfg.seed)]
     if not cfg.budget_aware:
         argv.append("--no-budget-check")
     if cfg.trials is not None:
@@ -133,10 +139,11 @@ def run_parallel(cfg: SearchConfig, workers: int, *, quiet: bool = False) -> int
         else:
             env["NAS_TRAIN_THREADS"] = str(max(1, cores // workers))
             env["OMP_NUM_THREADS"] = env["NAS_TRAIN_THREADS"]
-        # Seeds differ per worker so that their random phases explore different points.
         env[STORAGE_ENV] = url
-        argv = _worker_argv(cfg, quiet)
-        argv[argv.index("--seed") + 1] = str(cfg.seed + i)
+        # Sampler seeds differ per worker, so that their random draws differ; every
+        # worker trains with the study's one training seed (fitness compares
+        # architectures, and a repeated architecture is replayed, not retrained).
+        argv = _worker_argv(cfg, quiet) + ["--sampler-seed", str(search.seed + i)]
         if gpus:  # the worker sees its one GPU only, as cuda:0
             argv[argv.index("--device") + 1] = "cuda"
         procs.append(subprocess.Popen(argv, env=env))

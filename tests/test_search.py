@@ -910,6 +910,23 @@ def test_ctrl_c_while_a_trial_is_sampled_leaves_no_trial_running(tmp_path, monke
         assert study.trials[number].state == state
 
 
+def test_the_training_seed_is_the_studys(tmp_path):
+    # Stored with the study: a resume (or worker) that asks for none trains with it, one
+    # that asks for another is refused (mixed seeds would compare luck, not architectures).
+    Search(tiny_config(tmp_path, seed=3, trials=2, pruner="none"), log=io.StringIO()).run(progress=False)
+    resumed = Search(tiny_config(tmp_path, trials=3, pruner="none"), log=io.StringIO())
+    assert resumed.seed == 3
+    study = resumed.run(progress=False)
+    assert {t.user_attrs["seed"] for t in study.trials} == {3}
+    with pytest.raises(SearchError, match="seed: stored 3 vs asked 5"):
+        Search(tiny_config(tmp_path, seed=5), log=io.StringIO())
+    # A study made before the seed was stored trains with the one asked for, as then.
+    config = dict(study.user_attrs["nas:config"])
+    del config["seed"]
+    study.set_user_attr("nas:config", config)
+    assert Search(tiny_config(tmp_path, seed=5), log=io.StringIO()).seed == 5
+
+
 def test_a_settings_refusal_names_the_fields_that_differ_and_stays_short():
     from nas.search import _describe_diff
 
@@ -1038,7 +1055,7 @@ def test_timeout_counts_from_the_command_start(tmp_path):
 
 def test_seed_and_timeout_of_the_wrong_type_are_refused(tmp_path):
     with pytest.raises(SearchError, match="--seed must be a non-negative integer"):
-        Search(tiny_config(tmp_path, seed=None), log=io.StringIO())
+        Search(tiny_config(tmp_path, seed="3"), log=io.StringIO())
     with pytest.raises(SearchError, match="--timeout must be a positive duration"):
         Search(tiny_config(tmp_path, timeout_s="1h"), log=io.StringIO())
 

@@ -116,7 +116,7 @@ def test_sqlite_four_workers_sixty_trials(tmp_path):
             pass
         time.sleep(0.3)
     joiner = subprocess.run([sys.executable, "-m", "nas.cli", "worker", "--study", "c", "--storage", url, "--trials", "60",
-                             "--quiet", "--seed", "7"], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=500)
+                             "--quiet"], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=500)
     out, err = search.communicate(timeout=500)
     elapsed = time.perf_counter() - t0
     assert search.returncode == 0, err[-3000:]
@@ -136,6 +136,9 @@ def test_sqlite_four_workers_sixty_trials(tmp_path):
     assert finished == len(states), [s.name for s in states]  # nothing RUNNING, FAIL or WAITING
     workers = {t.user_attrs["worker"] for t in study.trials}
     assert len(workers) == 4, workers
+    # One training seed for the whole study: the search's default 0, the joiner's too
+    # (the workers of --workers K once trained with seed + i each).
+    assert {t.user_attrs["seed"] for t in study.trials if "seed" in t.user_attrs} == {0}
     # The spawned workers run the search's pruner and selection settings; the joiner,
     # given none, the defaults.
     signal = {t.user_attrs["worker"]: t.user_attrs["search"]["hurdle_signal"] for t in study.trials}
