@@ -98,11 +98,14 @@ _SMALLER = "treat the candidate as over budget: give a --memory-mb budget or a s
 
 
 def measure(spec: ArchSpec, *, device: torch.device, batch_size: int, tables: Tables | None,
-            threads: int, dtype: torch.dtype = torch.float32, seed: int = 0, memory: bool = True) -> Measurement:
+            threads: int, dtype: torch.dtype = torch.float32, seed: int = 0, memory: bool = True,
+            store: bool = True) -> Measurement:
     """Measured latency (and, if `memory`, peak memory) of `spec` on `device`, from
     the cache when this architecture was measured before on the same device,
     shapes and dtype. Latency comes first: an architecture over the latency budget
-    is rejected without paying for the slower memory measurement."""
+    is rejected without paying for the slower memory measurement. `store=False`
+    reads the cache without writing to it (a new study's budget check: a refused
+    budget leaves the database as it was)."""
     key = measure_key(spec, device=device, batch_size=batch_size, threads=threads, dtype=dtype)
     lat = mem = None
     if tables is not None:
@@ -121,7 +124,7 @@ def measure(spec: ArchSpec, *, device: torch.device, batch_size: int, tables: Ta
         lat = measure_latency(model, threads=threads, **kw).to_dict()
     if memory:
         mem = measure_memory(model, **kw).to_dict()
-    if tables is not None:
+    if tables is not None and store:
         tables.put_measurement(key, lat, mem)
     return Measurement(lat, mem, cached=cached, seconds=time.perf_counter() - t0)
 

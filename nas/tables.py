@@ -108,8 +108,21 @@ def read_checkpoints(url: str, study: str) -> list[dict]:
 class Tables:
     """Access to the `nas_` tables of one database."""
 
-    def __init__(self, url: str) -> None:
-        self.engine = make_engine(url)
+    def __init__(self, url: str, *, engine: Engine | None = None) -> None:
+        self.engine = make_engine(url) if engine is None else engine
+
+    @classmethod
+    def existing(cls, url: str) -> "Tables | None":
+        """The tables of a database that already has them, opened without creating
+        anything (a refused command leaves the file as it was); None otherwise."""
+        path = sqlite_path(url)
+        if path is not None and not path.exists():
+            return None
+        engine = _engine(url)
+        if not inspect(engine).has_table(measurements.name):
+            engine.dispose()
+            return None
+        return cls(url, engine=engine)
 
     # ---- measurement cache ---------------------------------------------------
     def _where(self, key: MeasureKey):

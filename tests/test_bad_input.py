@@ -103,7 +103,8 @@ def test_unknown_task(capsys, db):
 
 def test_impossible_budget_measures_cheapest_first(capsys, db):
     before = stored(db)
-    fails_cleanly(capsys, with_option(search_args(db, study="new"), "--latency-ms", "0.0001"), "cannot be met", "cheapest")
+    fails_cleanly(capsys, with_option(search_args(db, study="new"), "--latency-ms", "0.0001"), "cannot be met",
+                  "smallest architecture of each attention kind")
     assert stored(db) == before
     assert [s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{db}")] == ["t"]
 

@@ -156,6 +156,25 @@ def test_impossible_budget_is_refused_before_anything_is_stored(tmp_path):
     assert not (tmp_path / "t.db").exists()
 
 
+def test_a_budget_only_another_kind_meets_is_accepted(tmp_path):
+    # The cost order puts the linear kinds first, but at 16 tokens another kind may
+    # peak lower. Peak memory (deterministic, unlike time) of the smallest architecture
+    # of each kind, measured here: a budget between the lowest and the first kind's is
+    # accepted, one below the lowest is refused and names it.
+    from nas.objective import measure
+
+    space = load_space("tiny").for_task(get_task("mqar", **TINY_TASK).shape)
+    peaks = [measure(spec, device=resolve_device("cpu"), batch_size=16, tables=None, threads=1).memory_mb
+             for spec in space.cheapest_of_each_kind(get_task("mqar", **TINY_TASK).shape)]
+    if min(peaks) == peaks[0]:
+        pytest.skip(f"the first kind in cost order is also the smallest here ({peaks})")
+    between = (min(peaks) + peaks[0]) / 2
+    search = Search(tiny_config(tmp_path, memory_mb=between, measure_threads=1), log=io.StringIO())
+    assert search.budget.memory_mb == between
+    with pytest.raises(SearchError, match=rf"peaks at least at {min(peaks):.3f} MiB"):
+        Search(tiny_config(tmp_path, name="below", memory_mb=min(peaks) * 0.99, measure_threads=1), log=io.StringIO())
+
+
 def test_default_budget_is_the_vanilla_transformers_own_measured_latency(tmp_path):
     # No --latency-ms: the budget is the vanilla transformer's measured latency, and
     # the warm-start trial (that same transformer) reuses that measurement from the
@@ -198,15 +217,22 @@ def test_a_second_study_in_a_database_takes_its_budget_from_the_cache(tmp_path):
 
 
 def test_an_explicit_budget_is_checked_against_the_cached_figure_the_trials_will_read(tmp_path):
-    # The cheapest architecture as the file's cache holds it (set by hand to 50 s) is what
-    # every trial there reads; a fresh timing under the budget must not let it pass.
+    # The smallest architecture of each kind as the file's cache holds it (set by hand to
+    # 50 s) is what every trial there reads; a fresh timing under the budget must not
+    # let the budget pass.
+    from nas.objective import measure
+
     url = f"sqlite:///{tmp_path / 'shared.db'}"
-    Search(tiny_config(tmp_path, name="a", storage=url, trials=1, pruner="none"), log=io.StringIO())
+    search = Search(tiny_config(tmp_path, name="a", storage=url, trials=1, pruner="none"), log=io.StringIO())
+    tables = Tables(url)
+    for spec in search.space.cheapest_of_each_kind(search.task.shape):
+        measure(spec, device=search.device, batch_size=search.measure_batch, tables=tables, threads=search.threads)
+    tables.dispose()
     con = sqlite3.connect(tmp_path / "shared.db")
     con.execute("UPDATE nas_measurements SET latency = json_set(latency, '$.median_ms', 50000.0)")
     con.commit()
     con.close()
-    with pytest.raises(SearchError, match=r"measures 50000.000 ms on cpu \(as this database measured it before\)"):
+    with pytest.raises(SearchError, match=r"measures at least 50000.000 ms on cpu \(as this database measured it before\)"):
         Search(tiny_config(tmp_path, name="b", storage=url, latency_ms=1000.0), log=io.StringIO())
 
 
