@@ -17,6 +17,14 @@ PRUNERS = ("hurdles", "median", "hyperband", "none")
 MEASURE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
+def require_sampler_package(name: str) -> None:
+    """ValueError, naming the install, when sampler `name` needs a package that is
+    missing (checked before a study is made for it)."""
+    if name == "cmaes" and importlib.util.find_spec("cmaes") is None:
+        raise ValueError("--sampler cmaes needs the 'cmaes' package; install it with pip install 'nas[cmaes]' "
+                         "or pick another sampler")
+
+
 def make_sampler(name: str, *, seed: int | None, population: int = 20, tournament: int = 5,
                  mutation_prob: float = 0.2, selection: str = DEFAULT_SELECTION_SIGNAL,
                  child_check: Callable[[Callable[[str, Any], Any]], bool] | None = None,
@@ -41,8 +49,7 @@ def make_sampler(name: str, *, seed: int | None, population: int = 20, tournamen
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
     if name == "cmaes":
-        if importlib.util.find_spec("cmaes") is None:
-            raise ValueError("--sampler cmaes needs the 'cmaes' package; install it with pip install 'nas[cmaes]' or pick another sampler")
+        require_sampler_package(name)
         # CMA-ES models numeric parameters only; our space is categorical, so it
         # samples those through its independent sampler (Optuna's documented behaviour).
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)

@@ -131,14 +131,14 @@ def measure(spec: ArchSpec, *, device: torch.device, batch_size: int, tables: Ta
 
 def _stop_reason(trial: optuna.Trial, step: int) -> str:
     """Why the pruner stopped `trial` at `step`: the hurdle pruner says (below its
-    hurdle, or waiting for it under progressive hurdles); any other pruner stops a
-    trial below its own bar."""
+    hurdle, or waiting for it under progressive hurdles); any other pruner is named."""
     pruner = trial.study.pruner
     if isinstance(pruner, ProgressiveHurdlePruner):
         # The decision should_prune just took, kept by the pruner: no second read of the study.
         return pruner.stopped_because(trial.study, trial.number, step) or pruner.stop_reason(
             trial.study, trial.study._storage.get_trial(trial._trial_id))
-    return f"below the hurdle at step {step}"
+    # Optuna's pruners (median, Hyperband) keep no reason: name the pruner, not a hurdle.
+    return f"stopped by the {type(pruner).__name__.removesuffix('Pruner').lower()} pruner at step {step}"
 
 
 def _set_constraints(trial: optuna.Trial, violations: dict[str, float]) -> None:

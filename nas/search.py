@@ -33,7 +33,7 @@ from evaluators.hardware import default_threads, dtype_name, resolve_device, res
 from evaluators.tasks import get_task
 from evaluators.training import Trainer
 from nas.checkpoints import prune_checkpoints, weights_on_disk
-from nas.choices import make_pruner, make_sampler
+from nas.choices import make_pruner, make_sampler, require_sampler_package
 from nas.evolution import ON_REFUSAL, check_evolution_numbers, is_int
 from nas.hurdles import (DEFAULT_HURDLE_RULE, DEFAULT_HURDLE_SIGNAL, DEFAULT_MIN_TRIALS, DEFAULT_SELECTION_SIGNAL,
                          HURDLE_RULES, HURDLE_SIGNALS, check_min_trials)
@@ -693,6 +693,7 @@ def _check_search_numbers(cfg: SearchConfig) -> None:
         if seed is not None and not (is_int(seed) and seed >= 0):
             raise SearchError(f"{flag} must be a non-negative integer, got {seed!r}")
     try:
+        require_sampler_package(cfg.sampler)  # before a study is made for it
         if cfg.sampler == "evolution":
             check_evolution_numbers(cfg.population, cfg.tournament, cfg.mutation_prob, None,
                                     names=("--population", "--tournament", "--mutation-prob", "--seed"))

@@ -557,3 +557,13 @@ def test_bad_timeout_is_refused_before_anything_is_stored(capsys, db, value):
     before = stored(db)
     fails_cleanly(capsys, search_args(db, f"--timeout={value}", study="new"), "--timeout", "e.g. 90m or 8h")
     assert stored(db) == before
+
+
+def test_a_sampler_whose_package_is_missing_is_refused_before_a_study_is_made(capsys, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "cmaes" else real(name, *a))
+    db = tmp_path / "c.db"
+    fails_cleanly(capsys, search_args(db, "--sampler", "cmaes"), "needs the 'cmaes' package", "nas[cmaes]")
+    assert not db.exists()  # no study left behind with a budget fixed for nothing

@@ -1148,3 +1148,15 @@ def test_measure_batch_must_be_positive(tmp_path):
     for bad in (0, -1, 2.5, True):
         with pytest.raises(SearchError, match="--measure-batch must be a positive integer"):
             Search(tiny_config(tmp_path, measure_batch=bad), log=io.StringIO())
+
+
+@pytest.mark.parametrize("pruner, name", [(optuna.pruners.MedianPruner(), "median"),
+                                          (optuna.pruners.HyperbandPruner(), "hyperband")])
+def test_a_trial_stopped_by_optunas_pruners_names_them(pruner, name):
+    # They keep no reason of their own; "below the hurdle" would name a rule they do not apply.
+    from types import SimpleNamespace
+
+    from nas.objective import _stop_reason
+
+    trial = SimpleNamespace(study=SimpleNamespace(pruner=pruner))
+    assert _stop_reason(trial, 5) == f"stopped by the {name} pruner at step 5"

@@ -244,8 +244,8 @@ def test_text_file_bits_per_byte_and_held_out_split(tmp_path):
 def test_text_missing_file(tmp_path):
     with pytest.raises(TaskError, match="no such file.*path="):
         get_task("text", path=str(tmp_path / "absent.txt"))
-    with pytest.raises(TaskError, match="no such file"):
-        get_task("text", path=str(tmp_path))  # a directory
+    with pytest.raises(TaskError, match="is a folder; give path= a text file in it"):
+        get_task("text", path=str(tmp_path))
 
 
 def test_text_path_of_wrong_type():

@@ -76,6 +76,8 @@ class TextTask(TaskBase):
             if not isinstance(path, (str, Path)):
                 raise TaskError(f"task text: option path must be a file path, got {path!r}")
             p = Path(path).expanduser()
+            if p.is_dir():
+                raise TaskError(f"task text: {str(p)!r} is a folder; give path= a text file in it")
             if not p.is_file():
                 raise TaskError(f"task text: no such file {str(p)!r}; give path= an existing text file "
                                 f"(or leave it unset to use the Python standard library sources)")
