@@ -29,11 +29,12 @@ from nas.tables import Tables, read_checkpoints
 __all__ = ["kept_trials", "prune_checkpoints", "weights_on_disk"]
 
 
-def weights_on_disk(url: str, study: str) -> set[int]:
+def weights_on_disk(url: str, study: optuna.Study) -> set[int]:
     """Numbers of the trials of `study` whose saved weights are on this machine, so
-    that `nas export --trial N` needs no `--retrain`. Reads without creating
-    anything (`nas show` opens studies read-only)."""
-    return {row["trial_number"] for row in read_checkpoints(url, study) if Path(row["path"]).is_file()}
+    that `nas export --trial N` needs no `--retrain`: their own, or for a replay its
+    twin's. Reads without creating anything (`nas show` opens studies read-only)."""
+    saved = {row["trial_number"] for row in read_checkpoints(url, study.study_name) if Path(row["path"]).is_file()}
+    return saved | {t.number for t in study.get_trials(deepcopy=False) if t.user_attrs.get("replayed_from") in saved}
 
 
 def kept_trials(trials: Trials, keep: int) -> set[int]:

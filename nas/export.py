@@ -327,7 +327,13 @@ def trained_weights(study: optuna.Study, trial: optuna.trial.FrozenTrial, spec: 
         score = trainer.evaluate().fitness
         return ({k: v.detach().cpu() for k, v in model.state_dict().items()},
                 f"retrained {retrain} steps (validation fitness of these weights: {score:.4f})")
-    row = Tables(url).get_checkpoint(study.study_name, trial.number)
+    tables = Tables(url)
+    row = tables.get_checkpoint(study.study_name, trial.number)
+    twin = trial.user_attrs.get("replayed_from")
+    if row is None and isinstance(twin, int):
+        # A replay's weights are its twin's (same architecture and seed): --keep-checkpoints
+        # may have kept only the twin's row.
+        row = tables.get_checkpoint(study.study_name, twin)
     if row is None:
         raise NasError(f"trial {trial.number} has no checkpoint (only trials that clear the last hurdle save weights, "
                        f"and --keep-checkpoints K keeps the best K and the Pareto front's); train it anew: nas export --trial {trial.number} --retrain STEPS")

@@ -879,5 +879,5 @@ def search_main(cfg: SearchConfig, *, log: TextIO | None = None, quiet: bool = F
     s = Search(cfg, log=log)
     study = s.run(progress=not quiet)
     print("", file=log)
-    print(summary_table(study, top=5, weights=weights_on_disk(s.url, study.study_name)), file=log)
+    print(summary_table(study, top=5, weights=weights_on_disk(s.url, study)), file=log)
     return 1 if s.gave_up else 0

@@ -212,7 +212,7 @@ def show_main(study_name: str, *, storage: str | None = None, top: int = 10, plo
         check_plot_path(plot_path)
     study_name, storage = resolve_study(study_name, storage)
     study = open_study(study_name, storage)
-    show(study, top=top, weights=weights_on_disk(storage or default_url(study_name), study_name))
+    show(study, top=top, weights=weights_on_disk(storage or default_url(study_name), study))
     if plot_path:
         plot(study, plot_path)
         print(f"plot written to {plot_path}")

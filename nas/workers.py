@@ -157,7 +157,7 @@ def run_parallel(cfg: SearchConfig, workers: int, *, quiet: bool = False) -> int
                 p.kill()
         raise
     study = open_study(cfg.study, url)
-    print(summary_table(study, top=5, weights=weights_on_disk(url, cfg.study)))
+    print(summary_table(study, top=5, weights=weights_on_disk(url, study)))
     bad = [c for c in codes if c != 0]
     if bad:
         print(f"nas: {len(bad)} of {workers} workers exited with an error", file=sys.stderr)

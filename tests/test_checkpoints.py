@@ -210,3 +210,35 @@ def test_prune_spares_running_trials_unremovable_and_other_machines_files(tmp_pa
         assert removed == [3, 7]
     else:
         assert 4 not in rows and problems == [] and removed == [3, 4, 7]
+
+
+def test_a_replay_exports_with_its_twins_weights(tmp_path, capsys):
+    """A trial that replayed an architecture trained before has that trial's weights:
+    when only the twin's checkpoint row is left, the replay still exports, without
+    --retrain, with exactly those weights."""
+    import torch
+
+    from fixture_spaces import TWO_ARCH_SPACE
+    from nas.tables import Tables
+
+    space = tmp_path / "two.toml"
+    space.write_text(TWO_ARCH_SPACE)
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    Search(SearchConfig(study="k", storage=url, space=str(space), task="mqar", task_options=TINY_TASK,
+                        latency_ms=1000.0, trials=6, stages=(4,), pruner="none", sampler="random",
+                        measure_threads=1), log=io.StringIO()).run()
+    study = optuna.load_study(study_name="k", storage=url)
+    replay = next(t for t in study.trials if t.state == TrialState.COMPLETE and "replayed_from" in t.user_attrs)
+    twin = replay.user_attrs["replayed_from"]
+    tables = Tables(url)
+    tables.delete_checkpoints("k", [replay.number])
+    twin_path = tables.get_checkpoint("k", twin)["path"]
+    tables.dispose()
+    out = tmp_path / "x"
+    assert main(["export", "k", "--storage", url, "--trial", str(replay.number), "--out", str(out)]) == 0
+    exported = torch.load(out / "weights.pt", weights_only=True)
+    saved = torch.load(twin_path, weights_only=True)
+    assert exported.keys() == saved.keys() and all(torch.equal(exported[k], saved[k]) for k in saved)
+    capsys.readouterr()
+    assert main(["show", "k", "--storage", url, "--top", "100"]) == 0
+    assert shown_weights(capsys.readouterr().out)[replay.number]  # its twin's weights are there
