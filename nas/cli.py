@@ -116,8 +116,10 @@ def _add_search_args(p: argparse.ArgumentParser, *, worker: bool) -> None:
     p.add_argument("--keep-checkpoints", type=_positive_int, metavar="K",
                    help="keep the trained weights of the K best trials and of the Pareto front only (default: every "
                         "trained trial's); the others still export with --retrain")
-    p.add_argument("--sampler", default="evolution", choices=SAMPLERS)
-    p.add_argument("--pruner", default="hurdles", choices=PRUNERS)
+    p.add_argument("--sampler", default=None, choices=SAMPLERS,
+                   help="default evolution; a resumed study (or a worker) keeps the one it was made with")
+    p.add_argument("--pruner", default=None, choices=PRUNERS,
+                   help="default hurdles; a resumed study (or a worker) keeps the one it was made with")
     p.add_argument("--seed", type=int, default=None,
                    help="training seed of every candidate (default 0; a resumed study keeps its own)")
     # Set by `--workers K` for its workers: each samples with its own seed.

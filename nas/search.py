@@ -10,6 +10,7 @@ the difference, before anything is stored.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import gc
 import inspect
@@ -76,6 +77,9 @@ ORPHAN_AGE_S = 6 * 3600  # a RUNNING trial older than this, in a study with no f
 IDENTITY_KEYS = ("task", "space", "budget", "device", "stages", "measure_batch", "measure_dtype", "seed")
 # Studies made before the measurement dtype was stored measured in float32.
 STORED_DEFAULTS = {"measure_dtype": "float32"}
+# The sampler and pruner a study was made with: a resume or worker that names none uses them.
+SEARCH_ATTR = "nas:search"
+DEFAULT_CHOICES = {"sampler": "evolution", "pruner": "hurdles"}
 
 
 class SearchError(ValueError):
@@ -126,8 +130,8 @@ class SearchConfig:
     # Keep the weights of the K best trials and of the Pareto front only (nas.checkpoints);
     # None: every trained trial's. A per-run policy like the timeout.
     keep_checkpoints: int | None = None
-    sampler: str = "evolution"
-    pruner: str = "hurdles"
+    sampler: str | None = None  # None: "evolution" for a new study, the study's own on resume (SEARCH_ATTR)
+    pruner: str | None = None  # None: "hurdles" for a new study, the study's own on resume
     device: str = "auto"
     seed: int | None = None  # training seed of every candidate; None: 0 for a new study, the study's own on resume
     sampler_seed: int | None = None  # the sampler's; None: the training seed (`--workers K` gives each its own)
@@ -298,6 +302,7 @@ class Search:
             if stored is None:
                 raise SearchError(f"study {cfg.study!r} in {redact(self.url)} was not made by nas (no {CONFIG_ATTR}); pick another --study name")
             stored = {**STORED_DEFAULTS, **stored}
+            self._choose(study, attrs)
             if cfg.measure_dtype == "auto":  # not asked for: keep the study's
                 self.dtype = resolve_dtype(stored["measure_dtype"], self.device)
             if cfg.measure_batch is None and stored.get("measure_batch"):  # likewise
@@ -334,6 +339,7 @@ class Search:
             return
         if not create:
             raise SearchError(f"no study {cfg.study!r} in {redact(self.url)}; start it with nas search --study {cfg.study}")
+        self._choose(None, {})
         budget, measured = self._initial_budget()
         self.budget = budget
         if self.storage is None:
@@ -341,6 +347,7 @@ class Search:
         study = optuna.create_study(study_name=cfg.study, storage=self.storage, direction="maximize",
                                     sampler=optuna.samplers.RandomSampler(seed=0))
         study.set_user_attr(CONFIG_ATTR, self._identity(budget))
+        study.set_user_attr(SEARCH_ATTR, {k: getattr(self.cfg, k) for k in DEFAULT_CHOICES})
         if self.budget_origin:
             study.set_user_attr(BUDGET_ORIGIN_ATTR, self.budget_origin)
         self.train_options = {**DEFAULT_TRAIN_OPTIONS, **cfg.train_options}
@@ -363,6 +370,27 @@ class Search:
             if vanilla is not None:
                 study.enqueue_trial(vanilla, user_attrs={"warm_start": "vanilla transformer"})
         self._print(f"created study {cfg.study!r} in {redact(self.url)}")
+
+    def _choose(self, study: optuna.Study | None, attrs: dict[str, Any]) -> None:
+        """The sampler and pruner of this run: those asked for, else the study's (as
+        made, or for a study made before they were stored, as its latest trial ran),
+        else the defaults; checked before anything is stored."""
+        stored = attrs.get(SEARCH_ATTR)
+        if study is not None and not isinstance(stored, dict):
+            ran = [t.user_attrs["search"] for t in study.get_trials(deepcopy=False)
+                   if isinstance(t.user_attrs.get("search"), dict)]
+            stored = ran[-1] if ran else None
+        stored = stored if isinstance(stored, dict) else {}
+        chosen = {k: getattr(self.cfg, k) or stored.get(k) or default for k, default in DEFAULT_CHOICES.items()}
+        switched = [f"--{k} {v} (the study's: {stored[k]})" for k, v in chosen.items()
+                    if k in stored and v != stored[k]]
+        if switched:
+            self._print(f"note: this run uses {', '.join(switched)}; trials record which one they ran under")
+        self.cfg = dataclasses.replace(self.cfg, **chosen)
+        try:
+            check_choices(self.cfg)
+        except ValueError as e:
+            raise SearchError(str(e)) from None
 
     def _initial_budget(self) -> tuple[Budget, list[tuple[ArchSpec, Measurement]]]:
         """The budget of a new study, checked against the cheapest architecture of
@@ -685,6 +713,15 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
+def check_choices(cfg: SearchConfig) -> None:
+    """ValueError unless the sampler can run as asked: its package present (checked
+    before a study is made for it), evolution's numbers in range."""
+    require_sampler_package(cfg.sampler)
+    if cfg.sampler == "evolution":
+        check_evolution_numbers(cfg.population, cfg.tournament, cfg.mutation_prob, None,
+                                names=("--population", "--tournament", "--mutation-prob", "--seed"))
+
+
 def _check_search_numbers(cfg: SearchConfig) -> None:
     """The sampler's and pruner's numbers, checked under their flags' names before
     anything is stored (the sampler and pruner themselves are built only later)."""
@@ -693,11 +730,9 @@ def _check_search_numbers(cfg: SearchConfig) -> None:
         if seed is not None and not (is_int(seed) and seed >= 0):
             raise SearchError(f"{flag} must be a non-negative integer, got {seed!r}")
     try:
-        require_sampler_package(cfg.sampler)  # before a study is made for it
-        if cfg.sampler == "evolution":
-            check_evolution_numbers(cfg.population, cfg.tournament, cfg.mutation_prob, None,
-                                    names=("--population", "--tournament", "--mutation-prob", "--seed"))
         check_min_trials(cfg.hurdle_trials, "--hurdle-trials")
+        if cfg.sampler is not None:
+            check_choices(cfg)
     except ValueError as e:
         raise SearchError(str(e)) from None
     for flag, value, what in (("--measure-threads", cfg.measure_threads, ""),

@@ -92,13 +92,14 @@ def worker_gpus(workers: int, device: torch.device, visible: str | None, count: 
 def _worker_argv(cfg: SearchConfig, quiet: bool) -> list[str]:
     # No --storage: the URL goes through the environment (STORAGE_ENV), so a
     # password in it never shows in the process list.
-    argv = [sys.executable, "-m", "nas.cli", "worker", "--study", cfg.study, "--sampler", cfg.sampler, "--pruner", cfg.pruner,
+    argv = [sys.executable, "-m", "nas.cli", "worker", "--study", cfg.study,
             "--device", cfg.device, "--population", str(cfg.population),
             "--tournament", str(cfg.tournament), "--mutation-prob", str(cfg.mutation_prob),
             "--hurdle-trials", str(cfg.hurdle_trials), "--hurdle-signal", cfg.hurdle_signal,
             "--hurdle-rule", cfg.hurdle_rule, "--selection-signal", cfg.selection_signal, "--on-refusal", cfg.on_refusal]
-    if cfg.seed is not None:  # otherwise the worker keeps the study's
-        argv += ["--seed", str(cfg.seed)]
+    for flag, value in (("--sampler", cfg.sampler), ("--pruner", cfg.pruner), ("--seed", cfg.seed)):
+        if value is not None:  # otherwise the worker keeps the study's
+            argv += [flag, str(value)]
     if not cfg.budget_aware:
         argv.append("--no-budget-check")
     if cfg.trials is not None:
@@ -143,7 +144,7 @@ def run_parallel(cfg: SearchConfig, workers: int, *, quiet: bool = False) -> int
         # Sampler seeds differ per worker, so that their random draws differ; every
         # worker trains with the study's one training seed (fitness compares
         # architectures, and a repeated architecture is replayed, not retrained).
-        argv = _worker_argv(cfg, quiet) + ["--sampler-seed", str(search.seed + i)]
+        argv = _worker_argv(search.cfg, quiet) + ["--sampler-seed", str(search.seed + i)]
         if gpus:  # the worker sees its one GPU only, as cuda:0
             argv[argv.index("--device") + 1] = "cuda"
         procs.append(subprocess.Popen(argv, env=env))

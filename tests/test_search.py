@@ -953,6 +953,26 @@ def test_the_training_seed_is_the_studys(tmp_path):
     assert Search(tiny_config(tmp_path, seed=5), log=io.StringIO()).seed == 5
 
 
+def test_a_resume_keeps_the_studys_sampler_and_pruner(tmp_path):
+    # A resume or worker that names none runs what the study was made with (they once
+    # fell back to evolution and hurdles silently); one that names another says so.
+    Search(tiny_config(tmp_path, sampler="tpe", pruner="median", trials=2), log=io.StringIO()).run(progress=False)
+    resumed = Search(tiny_config(tmp_path, trials=3), log=io.StringIO())
+    assert (resumed.cfg.sampler, resumed.cfg.pruner) == ("tpe", "median")
+    study = resumed.run(progress=False)
+    assert {(t.user_attrs["search"]["sampler"], t.user_attrs["search"]["pruner"]) for t in study.trials} == {("tpe", "median")}
+    log = io.StringIO()
+    switched = Search(tiny_config(tmp_path, sampler="random", trials=3), log=log)
+    assert (switched.cfg.sampler, switched.cfg.pruner) == ("random", "median")
+    assert "note: this run uses --sampler random (the study's: tpe)" in log.getvalue()
+    # A study made before they were stored: as its latest trial ran.
+    study.set_user_attr("nas:search", None)
+    assert Search(tiny_config(tmp_path, trials=3), log=io.StringIO()).cfg.sampler == "tpe"
+    # A new study: the defaults.
+    fresh = Search(tiny_config(tmp_path, name="new"), log=io.StringIO())
+    assert (fresh.cfg.sampler, fresh.cfg.pruner) == ("evolution", "hurdles")
+
+
 def test_a_settings_refusal_names_the_fields_that_differ_and_stays_short():
     from nas.search import _describe_diff
 
