@@ -136,8 +136,12 @@ def summary_table(study: optuna.Study, top: int = 5, weights: set[int] | None = 
     shown as a column, so a user sees which export without `--retrain`."""
     best = best_feasible(study)
     refused = refused_by_check(study)
+    full = fully_trained(study)
+    replays = sum("replayed_from" in t.user_attrs for t in full)
     lines = [f"study {study.study_name}: {finished_count(study)} finished trials, "
-             f"{len(fully_trained(study))} trained to the end and feasible"
+             f"{len(full)} trained to the end and feasible"
+             + (f" ({replays} of them {'a replay' if replays == 1 else 'replays'} of an architecture trained before)"
+                if replays else "")
              + (f"; evolution set aside {refused} more candidates measured over the budget" if refused else "")]
     rows = [_row(t) for t in top_trials(study, top)]
     if weights is None:

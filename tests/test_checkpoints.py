@@ -241,4 +241,8 @@ def test_a_replay_exports_with_its_twins_weights(tmp_path, capsys):
     assert exported.keys() == saved.keys() and all(torch.equal(exported[k], saved[k]) for k in saved)
     capsys.readouterr()
     assert main(["show", "k", "--storage", url, "--top", "100"]) == 0
-    assert shown_weights(capsys.readouterr().out)[replay.number]  # its twin's weights are there
+    out = capsys.readouterr().out
+    assert shown_weights(out)[replay.number]  # its twin's weights are there
+    full = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    replays = sum("replayed_from" in t.user_attrs for t in full)
+    assert f"{len(full)} trained to the end and feasible ({replays} of them" in out  # replays are not new trainings
