@@ -138,7 +138,7 @@ def check_storage(url: str, *, must_exist: bool = False, read_only: bool = False
         if head and not read_only:
             # Another program's database (a search would add Optuna's 16 tables beside its own).
             names = _table_names(path)
-            foreign = sorted(n for n in names if not n.startswith(("nas_", "sqlite_")))
+            foreign = sorted(n for n in names - OPTUNA_SCHEMA if not n.startswith(("nas_", "sqlite_")))
             if foreign and not _OPTUNA_TABLES <= names:
                 raise StorageError(f"database file {path} holds another program's tables ({', '.join(foreign[:4])}"
                                    f"{', ...' if len(foreign) > 4 else ''}) and no Optuna study; pass another --storage file")
@@ -184,6 +184,13 @@ def _table_names(path: Path) -> set[str]:
 
 
 _OPTUNA_TABLES = {"studies", "trials", "version_info"}
+# Every table Optuna's RDB schema makes (a test keeps this equal to Optuna's models), and
+# its migrations' bookkeeping: a file holding only these, nas_ ones and SQLite's own is
+# a study database, also while another process is still creating the schema in it.
+OPTUNA_SCHEMA = frozenset({
+    "studies", "study_directions", "study_system_attributes", "study_user_attributes", "trial_heartbeats",
+    "trial_intermediate_values", "trial_params", "trial_system_attributes", "trial_user_attributes",
+    "trial_values", "trials", "version_info", "alembic_version"})
 
 
 def _server_has_optuna_schema(url: str) -> bool:

@@ -398,6 +398,23 @@ def test_storage_folder_that_says_it_is_writable_and_is_not(capsys):
     fails_cleanly(capsys, search_args(Path("/proc/nas-test.db")), "cannot open database file /proc/nas-test.db")
 
 
+def test_a_database_whose_optuna_schema_is_half_made_is_not_foreign(tmp_path):
+    """Workers started together on a new file: one may find the schema another is
+    still creating (some of Optuna's tables, not all). That is a study database."""
+    from optuna.storages._rdb import models
+
+    from nas.storage import OPTUNA_SCHEMA, check_storage
+
+    assert set(models.BaseModel.metadata.tables) <= OPTUNA_SCHEMA  # Optuna's schema, as this Optuna makes it
+    half = tmp_path / "half.db"
+    con = sqlite3.connect(half)
+    for name in ("studies", "study_directions", "version_info"):
+        con.execute(f"CREATE TABLE {name} (x INTEGER)")
+    con.commit()
+    con.close()
+    check_storage(f"sqlite:///{half}")  # no error
+
+
 def test_storage_folder_that_is_a_file(capsys, tmp_path):
     (tmp_path / "f").write_text("x")
     fails_cleanly(capsys, search_args(tmp_path / "f" / "t.db"), "is a file, not a folder")
