@@ -316,6 +316,8 @@ class Search:
             wanted = self._identity(budget)
             if "seed" not in stored:  # made before the seed was stored: trains with the one asked for, as then
                 del wanted["seed"]
+            for name in set(wanted["task"]["options"]) - set(stored["task"]["options"]):
+                del wanted["task"]["options"][name]  # an option the task gained since (e.g. text's sha256)
             if cfg.stages is None and cfg.steps is None:
                 wanted["stages"] = stored["stages"]  # not asked for: keep the study's
                 self.stages = tuple(stored["stages"])

@@ -584,3 +584,21 @@ def test_a_sampler_whose_package_is_missing_is_refused_before_a_study_is_made(ca
     db = tmp_path / "c.db"
     fails_cleanly(capsys, search_args(db, "--sampler", "cmaes"), "needs the 'cmaes' package", "nas[cmaes]")
     assert not db.exists()  # no study left behind with a budget fixed for nothing
+
+
+def test_a_text_study_resumed_on_a_changed_corpus_is_refused(capsys, tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_bytes(bytes(range(256)) * 8)
+    db = tmp_path / "x.db"
+    argv = ["search", "--study", "x", "--storage", f"sqlite:///{db}", "--space", "tiny", "--task", "text",
+            "--task-option", f"path={corpus}", "--task-option", "seq_len=8", "--latency-ms", "1000",
+            "--trials", "1", "--stages", "1"]
+    assert main(argv) == 0
+    original = corpus.read_bytes()
+    corpus.write_bytes(original + b"edited")
+    before = stored(db)
+    fails_cleanly(capsys, with_option(argv, "--trials", "2"), "task.options.sha256")
+    assert stored(db) == before
+    corpus.write_bytes(original)  # restored: the study goes on
+    assert main(with_option(argv, "--trials", "2")) == 0
+

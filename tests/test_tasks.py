@@ -274,3 +274,18 @@ def test_text_too_small_file(tmp_path):
     path.write_bytes(b"hello world\n" * 5)
     with pytest.raises(TaskError, match="too small.*seq_len"):
         get_task("text", path=str(path), seq_len=128)
+
+
+def test_text_remembers_its_corpus_and_refuses_a_changed_one(tmp_path):
+    """The task's options carry the corpus's SHA-256 (computed here from the file's
+    bytes), so a task rebuilt from a study's options refuses a file that changed."""
+    import hashlib
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_bytes(bytes(range(256)) * 8)
+    task = get_task("text", path=str(corpus), seq_len=8)
+    assert task.options()["sha256"] == hashlib.sha256(corpus.read_bytes()).hexdigest()
+    assert get_task("text", **task.options()).options() == task.options()  # rebuilt on the same file
+    corpus.write_bytes(corpus.read_bytes() + b"more")
+    with pytest.raises(TaskError, match="corpus changed since the study was made"):
+        get_task("text", **task.options())

@@ -14,6 +14,7 @@ machine with no download, but differs between Python versions.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import sysconfig
 from pathlib import Path
@@ -56,6 +57,10 @@ class TextTask(TaskBase):
         "max_bytes": None,
         "batch_size": 32,
         "seed": 0,
+        # The corpus's SHA-256, set from the bytes read: a study stores it, and a task
+        # rebuilt from a study's options (a worker, a resume, export --retrain) refuses
+        # a corpus that changed since (an edited file, another Python's standard library).
+        "sha256": None,
     }
 
     def _setup(self) -> None:
@@ -89,6 +94,11 @@ class TextTask(TaskBase):
             p = p.resolve()
             self._options["path"] = str(p)
             source = f"the file {p}"
+        digest = hashlib.sha256(data).hexdigest()
+        if o["sha256"] is not None and o["sha256"] != digest:
+            raise TaskError(f"task text: the corpus changed since the study was made ({source}: SHA-256 "
+                            f"{digest[:12]}..., the study's {str(o['sha256'])[:12]}...); restore it, or start a new study")
+        self._options["sha256"] = digest
         n_valid_bytes = int(len(data) * frac)
         need = self.seq_len + 1
         if len(data) - n_valid_bytes < 2 * need or n_valid_bytes < need:
