@@ -175,4 +175,3 @@ def failures_table(study: Trials) -> str | None:
         message = " ".join(str(last.user_attrs.get("failure_message", "-")).split())
         rows.append([reason, str(len(trials)), str(last.number), message[:117] + "..." if len(message) > 120 else message])
     return f"failed trials: {len(failed)}\n" + format_table(rows, ["failure", "trials", "latest", "its message"])
-

@@ -60,14 +60,6 @@ TRAIN_ATTR = "nas:train_options"  # e.g. {"lr": 0.01}: how every candidate is tr
 # search little about the architecture. Stored with the study (TRAIN_ATTR), so a study
 # made before this default resumes with the schedule it began with.
 DEFAULT_TRAIN_OPTIONS: dict[str, Any] = {"min_lr_ratio": 1.0}
-
-
-def schedule_options(stored: dict[str, Any]) -> dict[str, Any]:
-    """The learning-rate options a study trains with: those it stored (TRAIN_ATTR)
-    over the Trainer's own defaults, which is what its trials were given."""
-    defaults = {name: p.default for name, p in inspect.signature(Trainer).parameters.items()
-                if name in ("lr", "min_lr_ratio")}
-    return {**defaults, **stored}
 # With only a step budget to stop it, a search whose trials train nothing (every
 # candidate a replay of one trained before, or over the hardware budget) would
 # never spend it: it stops after this many such trials in a row.
@@ -84,6 +76,14 @@ DEFAULT_CHOICES = {"sampler": "evolution", "pruner": "hurdles"}
 
 class SearchError(ValueError):
     """A search that cannot start as asked. One line: the problem and the fix."""
+
+
+def schedule_options(stored: dict[str, Any]) -> dict[str, Any]:
+    """The learning-rate options a study trains with: those it stored (TRAIN_ATTR)
+    over the Trainer's own defaults, which is what its trials were given."""
+    defaults = {name: p.default for name, p in inspect.signature(Trainer).parameters.items()
+                if name in ("lr", "min_lr_ratio")}
+    return {**defaults, **stored}
 
 
 DEFAULT_STEPS = 400  # a candidate's full training when neither --steps nor --stages is given
@@ -412,13 +412,14 @@ class Search:
     def _measured_budget(self, tables: Tables | None) -> tuple[Budget, list[tuple[ArchSpec, Measurement]]]:
         cfg = self.cfg
         shape = self.task.shape
-        cheapest = self.space.cheapest(shape)
+        smallest_of_each_kind = self.space.cheapest_of_each_kind(shape)
+        cheapest = smallest_of_each_kind[0]
 
-        def time_cheapest(cache: Tables | None) -> Measurement:
-            return measure(cheapest, device=self.device, batch_size=self.measure_batch, tables=cache,
+        def timed(spec: ArchSpec, cache: Tables | None = tables) -> Measurement:
+            return measure(spec, device=self.device, batch_size=self.measure_batch, tables=cache,
                            threads=self.threads, dtype=self.dtype, seed=self.seed, store=False)
 
-        m = time_cheapest(tables)
+        m = timed(cheapest)
         measured = [(cheapest, m)]
         latency_ms = cfg.latency_ms
         if latency_ms is None:
@@ -428,8 +429,7 @@ class Search:
             if vanilla:
                 ref = _spec_from_params(self.space, vanilla, shape)
                 if ref.content_hash() != cheapest.content_hash():
-                    r = measure(ref, device=self.device, batch_size=self.measure_batch, tables=tables,
-                                threads=self.threads, dtype=self.dtype, seed=self.seed, store=False)
+                    r = timed(ref)
                     measured.append((ref, r))
             reference = "vanilla transformer" if vanilla else "cheapest architecture"
             # Rounded up, so the vanilla transformer itself (cached below) stays within a fraction of 1.
@@ -456,7 +456,7 @@ class Search:
             # Timed once more before refusing: a burst of load from another process
             # should not refuse a study whose budget the machine can meet. (A cached
             # figure is not: it is the one every trial in this database reads.)
-            m = min(m, time_cheapest(None), key=lambda x: x.latency_ms)
+            m = min(m, timed(cheapest, None), key=lambda x: x.latency_ms)
             measured[0] = (cheapest, m)
         if over(m):
             # The first kind in cost order misses the budget, but that order is
@@ -464,9 +464,8 @@ class Search:
             # cost less. The smallest architecture of each kind is measured before
             # the budget is refused.
             tried = [m]
-            for spec in self.space.cheapest_of_each_kind(shape)[1:]:
-                x = measure(spec, device=self.device, batch_size=self.measure_batch, tables=tables,
-                            threads=self.threads, dtype=self.dtype, seed=self.seed, store=False)
+            for spec in smallest_of_each_kind[1:]:
+                x = timed(spec)
                 measured.append((spec, x))
                 tried.append(x)
                 if not over(x):

@@ -69,12 +69,15 @@ class MeasureKey:
 
 def make_engine(url: str) -> Engine:
     """An engine on the database of `url`, with the `nas_` tables created there."""
-    engine = _engine(url)
+    engine = _engine(url, writes=True)
     retry_schema_race(lambda: metadata.create_all(engine, checkfirst=True))
     return engine
 
 
-def _engine(url: str) -> Engine:
+def _engine(url: str, *, writes: bool) -> Engine:
+    """`writes`: every SQLite transaction takes the write lock at once (BEGIN
+    IMMEDIATE, `serialize_sqlite_writes`); a reader's does not, so it also reads a
+    file it cannot write."""
     kwargs: dict[str, Any] = {}
     sqlite = sqlite_path(url) is not None
     if sqlite:
@@ -82,27 +85,21 @@ def _engine(url: str) -> Engine:
     else:
         kwargs["pool_pre_ping"] = True
     engine = create_engine(driver_url(url), **kwargs)
-    if sqlite:
+    if sqlite and writes:
         serialize_sqlite_writes(engine)
     return engine
 
 
-def _checkpoint_rows(con, study: str) -> list[dict]:  # noqa: ANN001
-    c = checkpoints.c
-    rows = con.execute(select(c.trial_number, c.path).where(c.study == study)).all()
-    return [{"trial_number": r[0], "path": r[1]} for r in rows]
-
-
 def read_checkpoints(url: str, study: str) -> list[dict]:
     """`Tables.checkpoints_of` without creating anything, for the read-only `nas
-    show`: [] when the database has no `nas_checkpoints` table yet. (A plain engine:
-    `_engine`'s SQLite one takes the write lock at each transaction.)"""
-    engine = create_engine(driver_url(url), pool_pre_ping=True)
+    show`: [] when the database has no `nas_` tables yet."""
+    tables = Tables.existing(url)
+    if tables is None:
+        return []
     try:
-        with engine.connect() as con:
-            return _checkpoint_rows(con, study) if inspect(con).has_table(checkpoints.name) else []
+        return tables.checkpoints_of(study)
     finally:
-        engine.dispose()
+        tables.dispose()
 
 
 class Tables:
@@ -113,13 +110,14 @@ class Tables:
 
     @classmethod
     def existing(cls, url: str) -> "Tables | None":
-        """The tables of a database that already has them, opened without creating
-        anything (a refused command leaves the file as it was); None otherwise."""
+        """The tables of a database that already has them, opened for reading without
+        creating anything (a refused command, or `nas show`, leaves the file as it
+        was); None otherwise."""
         path = sqlite_path(url)
         if path is not None and not path.exists():
             return None
-        engine = _engine(url)
-        if not inspect(engine).has_table(measurements.name):
+        engine = _engine(url, writes=False)
+        if not all(inspect(engine).has_table(t.name) for t in (measurements, checkpoints)):
             engine.dispose()
             return None
         return cls(url, engine=engine)
@@ -173,8 +171,10 @@ class Tables:
 
     def checkpoints_of(self, study: str) -> list[dict]:
         """Every checkpoint row of `study`: trial_number and path."""
+        c = checkpoints.c
         with self.engine.connect() as con:
-            return _checkpoint_rows(con, study)
+            rows = con.execute(select(c.trial_number, c.path).where(c.study == study)).all()
+        return [{"trial_number": r[0], "path": r[1]} for r in rows]
 
     def delete_checkpoints(self, study: str, trial_numbers: list[int]) -> None:
         with self.engine.begin() as con:

@@ -181,18 +181,13 @@ class SearchSpace:
             layers=tuple(layers), causal=shape.causal, head=shape.head, n_classes=shape.n_classes,
         )
 
-    def cheapest(self, shape: TaskShape) -> ArchSpec:
-        """The architecture expected to cost least (smallest width, depth, FFN and
-        knobs, the lowest-cost-order kind); used to tell a budget no candidate of
-        the space can meet before searching. Cost here is only the ranking key; the
-        search then *measures* this architecture."""
-        return self.cheapest_of_each_kind(shape)[0]
-
     def cheapest_of_each_kind(self, shape: TaskShape) -> list[ArchSpec]:
         """The smallest architecture (width, depth, FFN, knobs) of each attention
-        kind, lowest cost order first. The order is asymptotic: at a short sequence
-        full attention often costs less than the linear kinds, so a budget the first
-        misses may still be met by another (the search measures them)."""
+        kind, lowest cost order first; used to tell a budget no candidate of the
+        space can meet before searching. Cost order is only the ranking key, and it
+        is asymptotic: at a short sequence full attention often costs less than the
+        linear kinds, so a budget the first misses may still be met by another (the
+        search measures them)."""
         order = {"n": 0, "n*k": 1, "n*w": 2, "n*b": 2, "n*sqrt(n)": 3, "n^2": 4}
         kinds = sorted(self.attention, key=lambda a: (order.get(REGISTRY[a].cost, 5), a))
         return [self.sample(lambda name, ch, kind=kind: kind if name.endswith(".attention") else min(ch), shape)
