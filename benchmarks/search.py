@@ -196,7 +196,7 @@ def main() -> None:
                                            for t in study.get_trials(deepcopy=False)))
             for signal in HURDLE_SIGNALS:
                 signals.setdefault((method, signal), []).append(
-                    stage_signals(study, search.stages, cfg.hurdle_trials, signal))
+                    stage_signals(study, search.stages, search.cfg.hurdle_trials, signal))
             print(f"seed {seed} {method:<24} trials {len(traj):>3}  steps {traj[-1][0]:>6}  "
                   f"best {traj[-1][1] if traj[-1][1] is not None else float('nan'):.4f}  ({time.time() - t0:.0f} s)",
                   flush=True)

@@ -124,27 +124,33 @@ def _add_search_args(p: argparse.ArgumentParser, *, worker: bool) -> None:
                    help="training seed of every candidate (default 0; a resumed study keeps its own)")
     # Set by `--workers K` for its workers: each samples with its own seed.
     p.add_argument("--sampler-seed", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--population", type=int, default=12, help="evolution population size P (default 12)")
-    p.add_argument("--tournament", type=int, default=4, help="evolution tournament size S (default 4)")
-    p.add_argument("--mutation-prob", type=float, default=0.2)
-    p.add_argument("--no-budget-check", action="store_true",
+    # The search's choices default to None: a new study's defaults, a resumed study's (or a
+    # worker's) own (nas.search.DEFAULT_CHOICES).
+    kept = "a resumed study (or a worker) keeps its own"
+    p.add_argument("--population", type=int, help=f"evolution population size P (default 12; {kept})")
+    p.add_argument("--tournament", type=int, help=f"evolution tournament size S (default 4; {kept})")
+    p.add_argument("--mutation-prob", type=float,
+                   help=f"evolution: the chance each choice of a child is drawn again (default 0.2; {kept})")
+    p.add_argument("--no-budget-check", dest="budget_aware", action="store_const", const=False,
                    help="evolution: try every child as drawn, instead of drawing again (up to 8 times) while its "
-                        "measured latency or memory is over the budget")
-    p.add_argument("--on-refusal", default="extend", choices=ON_REFUSAL,
+                        f"measured latency or memory is over the budget ({kept})")
+    p.add_argument("--budget-check", dest="budget_aware", action="store_const", const=True,
+                   help="evolution: draw a child over the budget again (the default; undoes a study's --no-budget-check)")
+    p.add_argument("--on-refusal", choices=ON_REFUSAL,
                    help="evolution, after a child over the budget: extend its re-drawn choices by one (default; a "
-                        "child that added a layer keeps it and may get cheaper elsewhere) or draw fresh ones")
-    p.add_argument("--hurdle-trials", type=int, default=DEFAULT_MIN_TRIALS,
-                   help=f"trials whose mean sets each hurdle (default {DEFAULT_MIN_TRIALS})")
-    p.add_argument("--hurdle-signal", default=DEFAULT_HURDLE_SIGNAL, choices=HURDLE_SIGNALS,
+                        f"child that added a layer keeps it and may get cheaper elsewhere) or draw fresh ones ({kept})")
+    p.add_argument("--hurdle-trials", type=int,
+                   help=f"trials whose mean sets each hurdle (default {DEFAULT_MIN_TRIALS}; {kept})")
+    p.add_argument("--hurdle-signal", choices=HURDLE_SIGNALS,
                    help="what the hurdles compare: minus the validation loss (default, as the Evolved Transformer "
-                        "compared log perplexity) or the fitness")
-    p.add_argument("--hurdle-rule", default=DEFAULT_HURDLE_RULE, choices=HURDLE_RULES,
+                        f"compared log perplexity) or the fitness ({kept})")
+    p.add_argument("--hurdle-rule", choices=HURDLE_RULES,
                    help="progressive: training past a stage opens once its hurdle is set, and the trials that set it "
                         "stop there, as in the Evolved Transformer; fixed: the first --hurdle-trials trials train "
-                        f"through and set every hurdle (default {DEFAULT_HURDLE_RULE})")
-    p.add_argument("--selection-signal", default=DEFAULT_SELECTION_SIGNAL, choices=HURDLE_SIGNALS,
+                        f"through and set every hurdle (default {DEFAULT_HURDLE_RULE}; {kept})")
+    p.add_argument("--selection-signal", choices=HURDLE_SIGNALS,
                    help=f"what the evolution tournament compares: the fitness or minus the validation loss at the "
-                        f"trial's last stage (default {DEFAULT_SELECTION_SIGNAL})")
+                        f"trial's last stage (default {DEFAULT_SELECTION_SIGNAL}; {kept})")
     p.add_argument("--quiet", action="store_true", help="no per-trial lines")
     if worker:
         return
@@ -218,7 +224,7 @@ def _search_config(args: argparse.Namespace, argv: Sequence[str]):
         started_at=args.started_at if args.started_at is not None else time.time(),
         sampler=args.sampler, pruner=args.pruner, device=args.device, seed=args.seed, sampler_seed=args.sampler_seed,
         steps=args.steps, stages=args.stages, population=args.population, tournament=args.tournament,
-        mutation_prob=args.mutation_prob, budget_aware=not args.no_budget_check, on_refusal=args.on_refusal,
+        mutation_prob=args.mutation_prob, budget_aware=args.budget_aware, on_refusal=args.on_refusal,
         hurdle_trials=args.hurdle_trials,
         hurdle_signal=args.hurdle_signal, hurdle_rule=args.hurdle_rule,
         selection_signal=args.selection_signal, warm_start=not args.no_warm_start,

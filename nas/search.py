@@ -34,7 +34,7 @@ from evaluators.hardware import default_threads, dtype_name, resolve_device, res
 from evaluators.tasks import get_task
 from evaluators.training import Trainer
 from nas.checkpoints import prune_checkpoints, weights_on_disk
-from nas.choices import make_pruner, make_sampler, require_sampler_package
+from nas.choices import PRUNERS, SAMPLERS, make_pruner, make_sampler, require_sampler_package
 from nas.evolution import ON_REFUSAL, check_evolution_numbers, is_int
 from nas.hurdles import (DEFAULT_HURDLE_RULE, DEFAULT_HURDLE_SIGNAL, DEFAULT_MIN_TRIALS, DEFAULT_SELECTION_SIGNAL,
                          HURDLE_RULES, HURDLE_SIGNALS, check_min_trials)
@@ -69,9 +69,15 @@ ORPHAN_AGE_S = 6 * 3600  # a RUNNING trial older than this, in a study with no f
 IDENTITY_KEYS = ("task", "space", "budget", "device", "stages", "measure_batch", "measure_dtype", "seed")
 # Studies made before the measurement dtype was stored measured in float32.
 STORED_DEFAULTS = {"measure_dtype": "float32"}
-# The sampler and pruner a study was made with: a resume or worker that names none uses them.
+# How a study searches, stored with it when it is made: a resume or worker that names
+# none of these runs with the study's (evolution's population, the hurdles' rule, ...),
+# so a second worker continues the same evolution. Defaults for a new study.
 SEARCH_ATTR = "nas:search"
-DEFAULT_CHOICES = {"sampler": "evolution", "pruner": "hurdles"}
+DEFAULT_CHOICES: dict[str, Any] = {
+    "sampler": "evolution", "pruner": "hurdles", "population": 12, "tournament": 4, "mutation_prob": 0.2,
+    "budget_aware": True, "on_refusal": "extend", "hurdle_trials": DEFAULT_MIN_TRIALS,
+    "hurdle_signal": DEFAULT_HURDLE_SIGNAL, "hurdle_rule": DEFAULT_HURDLE_RULE, "selection_signal": DEFAULT_SELECTION_SIGNAL,
+}
 
 
 class SearchError(ValueError):
@@ -130,28 +136,30 @@ class SearchConfig:
     # Keep the weights of the K best trials and of the Pareto front only (nas.checkpoints);
     # None: every trained trial's. A per-run policy like the timeout.
     keep_checkpoints: int | None = None
-    sampler: str | None = None  # None: "evolution" for a new study, the study's own on resume (SEARCH_ATTR)
-    pruner: str | None = None  # None: "hurdles" for a new study, the study's own on resume
+    # The search's choices (DEFAULT_CHOICES): None takes the default for a new study and
+    # the study's own on resume or in a worker (SEARCH_ATTR).
+    sampler: str | None = None
+    pruner: str | None = None
     device: str = "auto"
     seed: int | None = None  # training seed of every candidate; None: 0 for a new study, the study's own on resume
     sampler_seed: int | None = None  # the sampler's; None: the training seed (`--workers K` gives each its own)
     steps: int | None = None  # a candidate's full training; None: DEFAULT_STEPS for a new study, the study's own on resume
     stages: tuple[int, ...] | None = None
-    population: int = 12
-    tournament: int = 4
-    mutation_prob: float = 0.2
+    population: int | None = None
+    tournament: int | None = None
+    mutation_prob: float | None = None
     # Evolution proposes only candidates measured within the budget (EvolutionSampler's
     # child check, Objective.within_budget); False: every child is tried as drawn.
-    budget_aware: bool = True
+    budget_aware: bool | None = None
     # After a child over the budget, evolution's next attempt "extend"s its marks by one (a
     # deeper child keeps its new layer and may cheapen another choice) or draws "fresh"
     # ones (EvolutionSampler). At half the vanilla latency, 10 seeds: mean best 0.888
-    # against 0.699 (README, "evolution within the budget").
-    on_refusal: str = "extend"
-    hurdle_trials: int = DEFAULT_MIN_TRIALS
-    hurdle_signal: str = DEFAULT_HURDLE_SIGNAL  # what the hurdles compare: "loss" (minus the validation loss) or "fitness"
-    hurdle_rule: str = DEFAULT_HURDLE_RULE  # "progressive": training past a stage waits for its hurdle (nas.hurdles); or "fixed"
-    selection_signal: str = DEFAULT_SELECTION_SIGNAL  # what evolution's tournament compares, the same two choices
+    # against 0.699 (README, "evolution within the budget"); "extend" is the default.
+    on_refusal: str | None = None
+    hurdle_trials: int | None = None
+    hurdle_signal: str | None = None  # what the hurdles compare: "loss" (minus the validation loss) or "fitness"
+    hurdle_rule: str | None = None  # "progressive": training past a stage waits for its hurdle (nas.hurdles); or "fixed"
+    selection_signal: str | None = None  # what evolution's tournament compares, the same two choices
     warm_start: bool = True
     measure_threads: int | None = None
     # What latency and memory are measured in: "auto" (bfloat16 on a CUDA device that
@@ -203,6 +211,13 @@ def _field_diffs(name: str, stored: Any, wanted: Any) -> list[str]:
     return [f"{name}: stored {json.dumps(stored, sort_keys=True)} vs asked {json.dumps(wanted, sort_keys=True)}"]
 
 
+def choice_argv(name: str, value: Any) -> list[str]:
+    """One of DEFAULT_CHOICES as the command line gives it: `--population 20`, `--no-budget-check`."""
+    if name == "budget_aware":
+        return ["--budget-check" if value else "--no-budget-check"]
+    return [f"--{name.replace('_', '-')}", str(value)]
+
+
 class Search:
     """Everything one worker needs to run trials of one study."""
 
@@ -219,13 +234,6 @@ class Search:
             raise SearchError(f"--timeout must be a positive duration, e.g. 90m or 8h, got {cfg.timeout_s}")
         if cfg.trials is None and cfg.step_budget is None and cfg.timeout_s is None:
             raise SearchError("nothing limits the search; give --trials N, --step-budget STEPS, --timeout or more")
-        for flag, signal in (("--hurdle-signal", cfg.hurdle_signal), ("--selection-signal", cfg.selection_signal)):
-            if signal not in HURDLE_SIGNALS:
-                raise SearchError(f"{flag} must be one of {', '.join(HURDLE_SIGNALS)}, got {signal!r}")
-        if cfg.on_refusal not in ON_REFUSAL:
-            raise SearchError(f"--on-refusal must be one of {', '.join(ON_REFUSAL)}, got {cfg.on_refusal!r}")
-        if cfg.hurdle_rule not in HURDLE_RULES:
-            raise SearchError(f"--hurdle-rule must be one of {', '.join(HURDLE_RULES)}, got {cfg.hurdle_rule!r}")
         _check_search_numbers(cfg)
         if cfg.latency_ms is not None and cfg.latency_fraction is not None:
             raise SearchError("--latency-ms and --latency-fraction both set the latency budget; give one of them")
@@ -374,17 +382,21 @@ class Search:
         self._print(f"created study {cfg.study!r} in {redact(self.url)}")
 
     def _choose(self, study: optuna.Study | None, attrs: dict[str, Any]) -> None:
-        """The sampler and pruner of this run: those asked for, else the study's (as
+        """The search's choices for this run (DEFAULT_CHOICES: sampler, pruner,
+        evolution's and the hurdles' settings): those asked for, else the study's (as
         made, or for a study made before they were stored, as its latest trial ran),
-        else the defaults; checked before anything is stored."""
+        else the defaults; checked before anything is stored. A choice that differs
+        from the study's is used, with a note."""
         stored = attrs.get(SEARCH_ATTR)
-        if study is not None and not isinstance(stored, dict):
+        stored = dict(stored) if isinstance(stored, dict) else {}
+        if study is not None and not DEFAULT_CHOICES.keys() <= stored.keys():
+            # Made before all of them were stored: the rest as its latest trial ran.
             ran = [t.user_attrs["search"] for t in study.get_trials(deepcopy=False)
                    if isinstance(t.user_attrs.get("search"), dict)]
-            stored = ran[-1] if ran else None
-        stored = stored if isinstance(stored, dict) else {}
-        chosen = {k: getattr(self.cfg, k) or stored.get(k) or default for k, default in DEFAULT_CHOICES.items()}
-        switched = [f"--{k} {v} (the study's: {stored[k]})" for k, v in chosen.items()
+            stored = {**(ran[-1] if ran else {}), **stored}
+        chosen = {k: stored.get(k, default) if getattr(self.cfg, k) is None else getattr(self.cfg, k)
+                  for k, default in DEFAULT_CHOICES.items()}
+        switched = [f"{' '.join(choice_argv(k, v))} (the study's: {choice_argv(k, stored[k])[-1]})" for k, v in chosen.items()
                     if k in stored and v != stored[k]]
         if switched:
             self._print(f"note: this run uses {', '.join(switched)}; trials record which one they ran under")
@@ -508,10 +520,7 @@ class Search:
             device=self.device, stages=self.stages, tables=Tables(self.url), checkpoint_dir=ckpt_root,
             seed=self.seed, measure_batch=self.measure_batch, threads=self.threads, dtype=self.dtype,
             train_options=self.train_options,
-            search_info={"sampler": self.cfg.sampler, "pruner": self.cfg.pruner, "hurdle_trials": self.cfg.hurdle_trials,
-                         "hurdle_signal": self.cfg.hurdle_signal, "hurdle_rule": self.cfg.hurdle_rule,
-                         "selection_signal": self.cfg.selection_signal, "budget_aware": self.cfg.budget_aware,
-                         "on_refusal": self.cfg.on_refusal},
+            search_info={k: getattr(self.cfg, k) for k in DEFAULT_CHOICES},
         )
 
     @contextlib.contextmanager
@@ -715,9 +724,19 @@ def parse_duration(text: str) -> float:
 
 
 def check_choices(cfg: SearchConfig) -> None:
-    """ValueError unless the sampler can run as asked: its package present (checked
-    before a study is made for it), evolution's numbers in range."""
+    """ValueError, under the flag's name, unless the search's choices (every one of
+    DEFAULT_CHOICES set) can run: the sampler's package present, evolution's numbers
+    in range, the hurdles' settings known. Checked before anything is stored."""
+    for flag, value, known in (("--sampler", cfg.sampler, SAMPLERS), ("--pruner", cfg.pruner, PRUNERS),
+                               ("--hurdle-signal", cfg.hurdle_signal, HURDLE_SIGNALS),
+                               ("--selection-signal", cfg.selection_signal, HURDLE_SIGNALS),
+                               ("--hurdle-rule", cfg.hurdle_rule, HURDLE_RULES), ("--on-refusal", cfg.on_refusal, ON_REFUSAL)):
+        if value not in known:
+            raise ValueError(f"{flag} must be one of {', '.join(known)}, got {value!r}")
+    if not isinstance(cfg.budget_aware, bool):
+        raise ValueError(f"budget_aware must be True or False (--no-budget-check), got {cfg.budget_aware!r}")
     require_sampler_package(cfg.sampler)
+    check_min_trials(cfg.hurdle_trials, "--hurdle-trials")
     if cfg.sampler == "evolution":
         check_evolution_numbers(cfg.population, cfg.tournament, cfg.mutation_prob, None,
                                 names=("--population", "--tournament", "--mutation-prob", "--seed"))
@@ -730,12 +749,6 @@ def _check_search_numbers(cfg: SearchConfig) -> None:
     for flag, seed in (("--seed", cfg.seed), ("--sampler-seed", cfg.sampler_seed)):
         if seed is not None and not (is_int(seed) and seed >= 0):
             raise SearchError(f"{flag} must be a non-negative integer, got {seed!r}")
-    try:
-        check_min_trials(cfg.hurdle_trials, "--hurdle-trials")
-        if cfg.sampler is not None:
-            check_choices(cfg)
-    except ValueError as e:
-        raise SearchError(str(e)) from None
     for flag, value, what in (("--measure-threads", cfg.measure_threads, ""),
                               ("--measure-batch", cfg.measure_batch, " (the batch size you deploy at)"),
                               ("--keep-checkpoints", cfg.keep_checkpoints, "")):

@@ -27,7 +27,7 @@ from nas.checkpoints import weights_on_disk
 from nas.cli import STORAGE_ENV, trials_limit
 from nas.errors import NasError
 from nas.results import summary_table
-from nas.search import CONFIG_ATTR, Search, SearchConfig
+from nas.search import CONFIG_ATTR, DEFAULT_CHOICES, Search, SearchConfig, choice_argv
 from nas.show import open_study
 from nas.storage import default_url
 from search_spaces import SearchSpace
@@ -57,7 +57,7 @@ def config_from_study(study: optuna.Study, args: argparse.Namespace) -> SearchCo
         population=args.population,
         tournament=args.tournament, mutation_prob=args.mutation_prob, hurdle_trials=args.hurdle_trials,
         hurdle_signal=args.hurdle_signal, hurdle_rule=args.hurdle_rule, selection_signal=args.selection_signal,
-        budget_aware=not args.no_budget_check, on_refusal=args.on_refusal, warm_start=False, measure_threads=threads,
+        budget_aware=args.budget_aware, on_refusal=args.on_refusal, warm_start=False, measure_threads=threads,
     )
 
 
@@ -92,16 +92,12 @@ def worker_gpus(workers: int, device: torch.device, visible: str | None, count: 
 def _worker_argv(cfg: SearchConfig, quiet: bool) -> list[str]:
     # No --storage: the URL goes through the environment (STORAGE_ENV), so a
     # password in it never shows in the process list.
-    argv = [sys.executable, "-m", "nas.cli", "worker", "--study", cfg.study,
-            "--device", cfg.device, "--population", str(cfg.population),
-            "--tournament", str(cfg.tournament), "--mutation-prob", str(cfg.mutation_prob),
-            "--hurdle-trials", str(cfg.hurdle_trials), "--hurdle-signal", cfg.hurdle_signal,
-            "--hurdle-rule", cfg.hurdle_rule, "--selection-signal", cfg.selection_signal, "--on-refusal", cfg.on_refusal]
-    for flag, value in (("--sampler", cfg.sampler), ("--pruner", cfg.pruner), ("--seed", cfg.seed)):
-        if value is not None:  # otherwise the worker keeps the study's
-            argv += [flag, str(value)]
-    if not cfg.budget_aware:
-        argv.append("--no-budget-check")
+    argv = [sys.executable, "-m", "nas.cli", "worker", "--study", cfg.study, "--device", cfg.device]
+    for name in DEFAULT_CHOICES:  # this run's (a choice that differs from the study's is noted by each worker)
+        if getattr(cfg, name) is not None:  # otherwise the worker keeps the study's
+            argv += choice_argv(name, getattr(cfg, name))
+    if cfg.seed is not None:
+        argv += ["--seed", str(cfg.seed)]
     if cfg.trials is not None:
         argv += ["--trials", str(cfg.trials)]
     if cfg.step_budget is not None:

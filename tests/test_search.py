@@ -609,7 +609,8 @@ def test_progressive_hurdles_stop_the_trials_that_set_them_and_train_the_warm_st
     # later one goes on iff its -loss at step 4 is at or above their mean.
     from nas.cli import _search_config, build_parser
 
-    for argv, rule in ((["search", "--study", "t"], "progressive"),
+    # The command line passes the rule asked for, or None: the study's own, progressive for a new one.
+    for argv, rule in ((["search", "--study", "t"], None),
                        (["search", "--study", "t", "--hurdle-rule", "fixed"], "fixed")):
         assert _search_config(build_parser().parse_args(argv), argv).hurdle_rule == rule
     cfg = tiny_config(tmp_path, trials=10, hurdle_trials=2, seed=1)  # the default rule: progressive
@@ -971,6 +972,51 @@ def test_a_resume_keeps_the_studys_sampler_and_pruner(tmp_path):
     # A new study: the defaults.
     fresh = Search(tiny_config(tmp_path, name="new"), log=io.StringIO())
     assert (fresh.cfg.sampler, fresh.cfg.pruner) == ("evolution", "hurdles")
+
+
+SETTINGS = dict(population=4, tournament=3, mutation_prob=0.5, budget_aware=False, on_refusal="fresh",
+                hurdle_trials=3, hurdle_signal="fitness", hurdle_rule="fixed", selection_signal="fitness")
+UNNAMED = {k: None for k in SETTINGS}  # what a resume or `nas worker` that names none of them passes
+
+
+def test_a_resume_keeps_the_studys_evolution_and_hurdle_settings(tmp_path):
+    # They once took the defaults on a resume or in a hand-started worker that did not
+    # name them, so a second worker ran another evolution (population 12, not the
+    # study's 4) against other hurdles.
+    Search(tiny_config(tmp_path, trials=2, **SETTINGS), log=io.StringIO()).run(progress=False)
+    log = io.StringIO()
+    resumed = Search(tiny_config(tmp_path, trials=4, **UNNAMED), log=log)
+    assert "note:" not in log.getvalue()
+    assert {k: getattr(resumed.cfg, k) for k in SETTINGS} == SETTINGS
+    study = resumed.load(resumed.objective())
+    sampler, pruner = study.sampler, study.pruner
+    assert (sampler._population_size, sampler._tournament_size, sampler._mutation_prob) == (4, 3, 0.5)
+    assert sampler._child_check is None and sampler._on_refusal == "fresh" and sampler._score is None
+    assert (pruner._min_trials, pruner._signal, pruner._progressive) == (3, "fitness", False)
+    study = resumed.run(progress=False)
+    assert all({k: t.user_attrs["search"][k] for k in SETTINGS} == SETTINGS
+               for t in study.trials if "search" in t.user_attrs)
+    # One named on the command line is used, with a note; the others stay the study's.
+    log = io.StringIO()
+    switched = Search(tiny_config(tmp_path, trials=5, **{**UNNAMED, "population": 6, "budget_aware": True}), log=log)
+    assert (switched.cfg.population, switched.cfg.tournament, switched.cfg.hurdle_rule) == (6, 3, "fixed")
+    assert ("note: this run uses --population 6 (the study's: 4), --budget-check (the study's: --no-budget-check)"
+            in log.getvalue())
+    # Checked against the study's numbers: a tournament larger than its population is refused.
+    with pytest.raises(SearchError, match=r"--tournament must be an integer from 1 to --population \(4\), got 5"):
+        Search(tiny_config(tmp_path, **{**UNNAMED, "tournament": 5}), log=io.StringIO())
+    # A study that stored only its sampler and pruner (made before the others were
+    # stored): the rest as its latest trial ran (trials record them all).
+    study.set_user_attr("nas:search", {"sampler": "evolution", "pruner": "hurdles"})
+    old = Search(tiny_config(tmp_path, **UNNAMED), log=io.StringIO()).cfg
+    assert {k: getattr(old, k) for k in SETTINGS} == SETTINGS
+    # A new study: the defaults, stored whole.
+    fresh = Search(tiny_config(tmp_path, name="new", **UNNAMED), log=io.StringIO())
+    stored = optuna.load_study(study_name="new", storage=fresh.url).user_attrs["nas:search"]
+    assert stored == {"sampler": "evolution", "pruner": "hurdles", "population": 12, "tournament": 4,
+                      "mutation_prob": 0.2, "budget_aware": True, "on_refusal": "extend", "hurdle_trials": 5,
+                      "hurdle_signal": "loss", "hurdle_rule": "progressive", "selection_signal": "loss"}
+    assert (fresh.cfg.population, fresh.cfg.hurdle_rule, fresh.cfg.on_refusal) == (12, "progressive", "extend")
 
 
 def test_a_settings_refusal_names_the_fields_that_differ_and_stays_short():

@@ -139,12 +139,12 @@ def test_sqlite_four_workers_sixty_trials(tmp_path):
     # One training seed for the whole study: the search's default 0, the joiner's too
     # (the workers of --workers K once trained with seed + i each).
     assert {t.user_attrs["seed"] for t in study.trials if "seed" in t.user_attrs} == {0}
-    # The spawned workers run the search's pruner and selection settings; the joiner,
-    # given none, the defaults.
+    # Every worker runs the search's pruner and selection settings: the spawned ones are
+    # given them, the joiner, given none, takes the study's (it once took the defaults).
     signal = {t.user_attrs["worker"]: t.user_attrs["search"]["hurdle_signal"] for t in study.trials}
-    assert sorted(signal.values()) == ["fitness", "fitness", "fitness", "loss"], signal
+    assert sorted(signal.values()) == ["fitness"] * 4, signal
     selection = {t.user_attrs["worker"]: t.user_attrs["search"]["selection_signal"] for t in study.trials}
-    assert sorted(selection.values()) == ["fitness", "fitness", "fitness", "loss"], selection
+    assert sorted(selection.values()) == ["fitness"] * 4, selection
     assert integrity(db) == "ok"
     print(f"\n60 trials, 4 workers: {elapsed:.1f} s, trials per worker {sorted(sum(t.user_attrs['worker'] == w for t in study.trials) for w in workers)}")
 
