@@ -34,9 +34,11 @@ from search_spaces.attention.base import Attention
 
 # Denominators are sums of positive features; they are exactly zero only for a
 # query that sees no real key (a padding row, or a causal row before the first
-# real key). Clamping at a tiny value keeps those rows finite (0 / eps = 0)
-# without biasing real rows, whose denominators are far larger.
-EPS = 1e-12
+# real key). Clamping at the smallest normal float32 keeps those rows finite
+# (0 / eps = 0) without touching any real row: FAVOR+ features can be small
+# (e^-30 and less, see PerformerAttention._phi), and a larger clamp (1e-12 once)
+# pulled such rows towards zero.
+EPS = torch.finfo(torch.float32).tiny
 
 # Chunk size of the causal form, chosen by measurement on the 2-core CPU at
 # n = 8192, 4 heads, head_dim 64 (C in 32..256): small chunks waste time and
@@ -195,7 +197,13 @@ def orthogonal_gaussian_features(m: int, d: int, seed: int) -> Tensor:
     g = torch.Generator().manual_seed(seed)
     blocks = []
     for _ in range(math.ceil(m / d)):
-        q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+        q, r = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+        # QR's Q alone is not uniformly (Haar) distributed: LAPACK's sign convention
+        # tilts each column towards one coordinate, which biased the estimate (a
+        # mean row of -0.045 per coordinate, a kernel estimate ~6% low however many
+        # features). Scaling column i by sign(R_ii) makes it Haar (Mezzadri 2007,
+        # "How to generate random matrices from the classical compact groups").
+        q = q * torch.sign(torch.diagonal(r)).unsqueeze(0)
         blocks.append(q.T)
     w = torch.cat(blocks, dim=0)[:m]
     # Norm of a d-dim standard Gaussian vector is chi(d)-distributed.
@@ -222,15 +230,20 @@ class PerformerAttention(Attention):
         self.register_buffer("features", orthogonal_gaussian_features(layer.rank, self.head_dim, layer.seed))
 
     def _phi(self, x: Tensor, is_query: bool, key_padding_mask: Tensor | None) -> Tensor:
-        """phi(x) = exp(w x' - |x'|^2 / 2 - c) / sqrt(m), with a stabiliser c.
+        """FAVOR+ features of queries or keys, with the paper's estimate unchanged:
+        phi(q)_r phi(k)_r = exp(w_r q' - |q'|^2/2) exp(w_r k' - |k'|^2/2) / m.
 
-        c is the usual max-subtraction (performer-pytorch, the paper's code): a
-        constant per query, or one constant per (batch, head) for the keys,
-        which cancels between numerator and denominator. For a query the
-        |x'|^2 / 2 term is itself such a constant, so with c = max_r(w_r x')
-        - |x'|^2 / 2 both go away exactly: exp(w x' - max_r w_r x').
-        Everything is done on (b, h, n) vectors except one subtraction and the
-        exp over the (b, h, n, m) logits, the two passes that cost time.
+        The stabiliser must not depend on other tokens' keys: in the causal form a
+        constant taken over all keys (performer-pytorch's max over the sequence)
+        depends on future tokens, and once it pushed early rows' denominators to
+        underflow, earlier outputs changed with later keys. So each feature r moves
+        the constant c_r = |w_r|^2 / 2 from its key to its query side, which leaves
+        every product phi(q)_r phi(k)_r as it was:
+
+        - a key's feature is exp(w_r k' - |k'|^2/2 - c_r) = exp(-|w_r - k'|^2 / 2) <= 1:
+          it never overflows and depends on that key alone;
+        - a query's is exp(w_r q' + c_r - max_s(w_s q' + c_s)): the per-query constants
+          (the max, and |q'|^2/2) cancel between numerator and denominator.
         """
         m = self.features.shape[0]
         log_norm = 0.5 * math.log(m)  # the 1/sqrt(m), folded into the exponent
@@ -238,36 +251,30 @@ class PerformerAttention(Attention):
             # The exponent is computed in float32: in bf16 an error of 0.4% on an
             # exponent of ~10 would already be a 4% error on the feature.
             x = x.float() * self.head_dim ** -0.25
-            logits = x @ self.features.float().T  # (b, h, n, m)
-            # The two passes over the (b, h, n, m) logits, subtraction and exp, run
-            # in place (the matmul saved its inputs, not its output; exp_ saves its
-            # result): no (b, h, n, m) temporaries besides the logits themselves.
-            with torch.no_grad():
-                row_max = logits.amax(dim=-1)  # (b, h, n)
+            w = self.features.float()
+            half_w = 0.5 * (w * w).sum(dim=-1)  # (m,): c_r
+            # The passes over the (b, h, n, m) logits run in place (the matmul saved
+            # its inputs, not its output; exp_ saves its result): no (b, h, n, m)
+            # temporaries besides the logits themselves.
+            logits = x @ w.T  # (b, h, n, m)
             if is_query:
-                return logits.sub_((row_max + log_norm).unsqueeze(-1)).exp_()
-            half_sq = 0.5 * (x * x).sum(dim=-1)  # (b, h, n): part of each key's feature, kept
-            best = row_max - half_sq.detach()
-            if key_padding_mask is not None:
-                # Padding keys neither set the constant nor (below) carry weight.
-                best = best.masked_fill(~key_padding_mask[:, None, :], -torch.inf)
-            # One constant per (batch, head), the max over real keys; detached as
-            # its gradient is exactly zero. In the causal case later keys take part
-            # in it; it cancels mathematically, so earlier outputs change only at
-            # the rounding level (and only if later keys are much larger).
-            stab = best.amax(dim=-1, keepdim=True)
-            stab = torch.where(torch.isfinite(stab), stab, torch.zeros_like(stab))
-            offset = half_sq + stab + log_norm
-            if key_padding_mask is not None:
-                # Keep padding exponents <= 0 (no inf * 0 = nan), then zero them.
-                offset = torch.where(key_padding_mask[:, None, :], offset, row_max + log_norm)
-            phi = logits.sub_(offset.unsqueeze(-1)).exp_()
+                logits.add_(half_w)
+                with torch.no_grad():  # a per-query constant: its gradient is exactly zero
+                    row_max = logits.amax(dim=-1, keepdim=True)
+                return logits.sub_(row_max + log_norm).exp_()
+            half_sq = 0.5 * (x * x).sum(dim=-1, keepdim=True)  # (b, h, n, 1): |k'|^2 / 2
+            phi = logits.sub_(half_sq).sub_(half_w + log_norm).exp_()
         return _zero_padding_keys(phi, key_padding_mask)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None) -> Tensor:
-        dtype = v.dtype
-        fq = self._phi(q, True, None).to(dtype)
-        fk = self._phi(k, False, key_padding_mask).to(dtype)
+        if v.dtype == torch.float16:
+            # Features of e^-30 are ordinary here (a key far from every w_r): float32
+            # and bfloat16 hold them, float16 (smallest normal 6e-5) flushes them to
+            # zero. So float16 inputs are attended in float32, autocast off.
+            with _no_autocast(v.device):
+                return self.attend(q.float(), k.float(), v.float(), key_padding_mask).to(v.dtype)
+        fq = self._phi(q, True, None).to(v.dtype)
+        fk = self._phi(k, False, key_padding_mask).to(v.dtype)
         if self.causal:
             return causal_kernel_attention(fq, fk, v, self.chunk)
         return bidirectional_kernel_attention(fq, fk, v)
