@@ -60,8 +60,9 @@ def make(kind: str, knobs: dict, causal: bool, seed: int = 0):
     return CLASSES[kind](D_MODEL, layer, MAX_LEN, causal)
 
 
-def reference_pattern(module, n: int) -> torch.Tensor:
-    """(n, n) bool, [i, j] = key j visible to query i, from the formulas alone."""
+def reference_pattern(module, n: int, length: int | None = None) -> torch.Tensor:
+    """(n, n) bool, [i, j] = key j visible to query i, from the formulas alone, for a
+    sequence whose last real token is at `length` - 1 (None: n)."""
     layer, causal = module.layer, module.causal
     i = torch.arange(n).view(n, 1)
     j = torch.arange(n).view(1, n)
@@ -75,6 +76,8 @@ def reference_pattern(module, n: int) -> torch.Tensor:
         w, g, b = layer.window, layer.global_tokens, layer.block
         pat = local(w) | (j < g) | (i < g)
         table = module.random_block_table(n).cpu()
+        if length is not None and not causal:  # bidirectional: drawn over the sequence's own blocks
+            table = module.random_block_table(n, torch.tensor([length]))[0].cpu()
         rand = torch.zeros(n, n, dtype=torch.bool)
         for qi in range(n):
             for kb in table[qi // b].tolist():
@@ -101,6 +104,8 @@ def reference_attend(module, q, k, v, kpm):
     n = q.shape[2]
     mask = reference_pattern(module, n).to(q.device)
     if kpm is not None:
+        lengths = [max((j + 1 for j in range(n) if kpm[b, j]), default=0) for b in range(kpm.shape[0])]
+        mask = torch.stack([reference_pattern(module, n, length) for length in lengths])[:, None]
         mask = mask & kpm[:, None, None, :]
     q, k, v = q.double(), k.double(), v.double()
     scores = (q @ k.transpose(-1, -2)) * module.scale
@@ -163,6 +168,21 @@ def test_bf16_close_to_float32(kind, knobs):
     assert out16.dtype == torch.bfloat16 and torch.isfinite(out16).all()
     real = kpm[:, None, :, None].expand_as(out32)
     torch.testing.assert_close(out16.float()[real], out32[real], atol=3e-2, rtol=3e-2)
+
+
+def test_bidirectional_bigbird_ignores_the_batchs_padding():
+    # ListOps pads each batch to its longest sequence: a sequence's output must not
+    # depend on that (the random blocks were once drawn over the padded length, and
+    # outputs moved by up to 0.13). Checked against the same sequence unpadded.
+    knobs = dict(window=2, global_tokens=1, random_blocks=2, block=4)
+    module = make("bigbird", knobs, causal=False, seed=5)
+    q, k, v, _ = inputs(21, padded=False, seed=3)
+    alone = module.attend(q, k, v, None)
+    for extra in (4, 12, 27):
+        pad = [torch.cat([x, torch.randn(2, HEADS, extra, HEAD_DIM)], dim=2) for x in (q, k, v)]
+        kpm = torch.ones(2, 21 + extra, dtype=torch.bool)
+        kpm[:, 21:] = False
+        torch.testing.assert_close(module.attend(*pad, kpm)[:, :, :21], alone, atol=1e-5, rtol=1e-5)
 
 
 def test_module_forward_backward():

@@ -45,8 +45,8 @@ class LinformerAttention(Attention):
             raise ValueError("linformer needs rank (the projected length k)")
         # Std 1/sqrt(max_seq_len), like the Xavier init of fairseq's Linformer:
         # a projected row is a sum of max_seq_len keys, so it keeps the scale of
-        # one key. Plain Parameters (not nn.Linear) so the model's GPT-2 init
-        # (std 0.02 for every Linear) does not overwrite this scale.
+        # one key. Plain Parameters (not nn.Linear), so they keep this scale
+        # whatever initialisation the model gives its Linear layers.
         g = torch.Generator().manual_seed(layer.seed)
         std = 1.0 / math.sqrt(max_seq_len)
         self.proj_k = nn.Parameter(torch.randn(layer.rank, max_seq_len, generator=g) * std)

@@ -286,29 +286,46 @@ def _random_keys(k: Tensor, v: Tensor, kpm: Tensor | None, n: int, nq: int, bloc
                  window: int, g: int, causal: bool) -> _KeySet:
     """BigBird's random blocks: query block qb (the chunk) gathers key blocks table[qb].
 
+    `table`: (nqb, r), one pattern for the batch, or (b, nqb, r), one per sequence.
     Pairs the window or the global keys already hold, keys past n, and repeats of a
     block within one row of the table are hidden, so each key counts once.
     """
     b, h, _, d = k.shape
-    nqb, r = table.shape
-    flat = table.reshape(-1)
+    per_seq = table.dim() == 3
+    tb = table if per_seq else table.unsqueeze(0)  # (B, nqb, r), B = b or 1
+    nb, nqb, r = tb.shape
+    dev = k.device
+    rows = torch.arange(b, device=dev).view(b, 1)
 
     def gather(x: Tensor) -> Tensor:  # (b, h, n, d) -> (b, h, nqb, r*block, d)
-        return _pad_seq(x, nq).view(b, h, nqb, block, d).index_select(2, flat).view(b, h, nqb, r * block, d)
+        blocks = _pad_seq(x, nq).view(b, h, nqb, block, d)
+        if not per_seq:
+            return blocks.index_select(2, tb.reshape(-1)).view(b, h, nqb, r * block, d)
+        picked = blocks[rows, :, tb.reshape(b, nqb * r)]  # (b, nqb*r, h, block, d)
+        return picked.permute(0, 2, 1, 3, 4).reshape(b, h, nqb, r * block, d)
 
-    dev = k.device
     i = torch.arange(nq, device=dev).view(nqb, block, 1)
-    j = (table.view(nqb, r, 1) * block + torch.arange(block, device=dev)).view(nqb, 1, r * block)
+    j = (tb.view(nb, nqb, r, 1) * block + torch.arange(block, device=dev)).view(nb, nqb, 1, r * block)
     earlier = torch.ones(r, r, dtype=torch.bool, device=dev).tril(-1)  # [rho, rho'] with rho' < rho
-    repeat = ((table.view(nqb, r, 1) == table.view(nqb, 1, r)) & earlier).any(-1)  # (nqb, r)
-    repeat = repeat.view(nqb, r, 1).expand(nqb, r, block).reshape(nqb, 1, r * block)
-    hidden = _in_band(i - j, window, causal) | (j >= n) | (j < g) | repeat
+    repeat = ((tb.view(nb, nqb, r, 1) == tb.view(nb, nqb, 1, r)) & earlier).any(-1)  # (B, nqb, r)
+    repeat = repeat.view(nb, nqb, r, 1).expand(nb, nqb, r, block).reshape(nb, nqb, 1, r * block)
+    hidden = _in_band(i - j, window, causal) | (j >= n) | (j < g) | repeat  # (B, nqb, block, r*block)
     if causal:
         hidden = hidden | (j > i)
+    if not per_seq:
+        hidden = hidden[0]
     if kpm is not None:
-        keep = _pad_keep(kpm, n, nq).view(b, nqb, block).index_select(1, flat)  # (b, nqb*r, block)
+        keep = _pad_keep(kpm, n, nq).view(b, nqb, block)
+        keep = keep[rows, tb.reshape(b, nqb * r)] if per_seq else keep.index_select(1, tb.reshape(-1))  # (b, nqb*r, block)
         hidden = hidden | ~keep.view(b, nqb, 1, r * block)
     return _KeySet(gather(k), gather(v), hidden)
+
+
+def real_lengths(kpm: Tensor) -> Tensor:
+    """(b,) each sequence's length by its key padding mask: its last real position + 1
+    (0 for a sequence with no real token)."""
+    positions = torch.arange(1, kpm.shape[1] + 1, device=kpm.device)
+    return torch.where(kpm, positions, 0).amax(dim=1)
 
 
 def _sdpa(q: Tensor, k: Tensor, v: Tensor, hidden: Tensor, scale: float) -> Tensor:
@@ -464,9 +481,12 @@ class BigBirdAttention(LongformerAttention):
 
     R is fixed by `layer.seed`: r integers in [0, 2^31) per query block of the
     longest sequence are drawn once from a seeded `torch.Generator`, and scaled to
-    the blocks a query block may pick at length n (causal: blocks 0..its own;
-    bidirectional: all ceil(n / b) blocks), so the same spec always gives the same
-    pattern, and a causal model's pattern for a prefix does not depend on n.
+    the blocks a query block may pick (causal: blocks 0..its own; bidirectional:
+    all ceil(L / b) blocks of the sequence's own length L, its last real token + 1).
+    So the same spec always gives the same pattern, a causal model's pattern for a
+    prefix does not depend on n, and a bidirectional one's does not depend on the
+    padding its batch adds (it once drew over the padded length: ListOps outputs
+    changed by up to 0.13 with the batch's longest sequence).
     """
 
     def __init__(self, d_model: int, layer: LayerSpec, max_seq_len: int, causal: bool) -> None:
@@ -478,16 +498,20 @@ class BigBirdAttention(LongformerAttention):
         # keep the same pattern; not persistent, since the seed already determines it.
         self.register_buffer("_random_bits", bits, persistent=False)
 
-    def random_block_table(self, n: int) -> Tensor:
+    def random_block_table(self, n: int, lengths: Tensor | None = None) -> Tensor:
         """(ceil(n / block), random_blocks) LongTensor: row qb lists the key blocks
-        query block qb attends to (may repeat; repeats count once)."""
+        query block qb attends to (may repeat; repeats count once). Bidirectional,
+        given `lengths` (b,), the sequences' own lengths (`real_lengths`): one table
+        per sequence, (b, ceil(n / block), random_blocks), each over its own blocks."""
         nqb = -(-n // self.layer.block)
         bits = self._random_bits[:nqb]
+        # floor(u * choices), u = bits / 2^31 in [0, 1)
         if self.causal:
-            choices = torch.arange(1, nqb + 1, device=bits.device).view(nqb, 1)
-        else:
-            choices = torch.full((nqb, 1), nqb, device=bits.device, dtype=torch.int64)
-        return (bits * choices) >> 31  # floor(u * choices), u = bits / 2^31 in [0, 1)
+            return (bits * torch.arange(1, nqb + 1, device=bits.device).view(nqb, 1)) >> 31
+        if lengths is None:
+            return (bits * nqb) >> 31
+        blocks = (-(-lengths.to(device=bits.device, dtype=torch.int64) // self.layer.block)).clamp(1, nqb)
+        return (bits.unsqueeze(0) * blocks.view(-1, 1, 1)) >> 31
 
     def chunk(self, n: int) -> int:
         return self.layer.block  # the query blocks the random table is drawn for
@@ -496,7 +520,8 @@ class BigBirdAttention(LongformerAttention):
         sets = super().key_sets(k, v, kpm, n, nq, chunk)
         if self.layer.random_blocks > 0:
             g = min(self.layer.global_tokens, n)
-            sets.append(_random_keys(k, v, kpm, n, nq, chunk, self.random_block_table(n),
+            lengths = None if self.causal or kpm is None else real_lengths(kpm)
+            sets.append(_random_keys(k, v, kpm, n, nq, chunk, self.random_block_table(n, lengths),
                                      self.layer.window, g, self.causal))
         return sets
 
