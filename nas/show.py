@@ -152,7 +152,7 @@ def hurdles_summary(study: optuna.Study, stages: list[int]) -> str:
             "see nas/stage_signal.py):\n" + format_stage_signals(signals))
 
 
-def plot(study: optuna.Study, path: str) -> None:
+def _pyplot():
     try:
         import matplotlib
 
@@ -160,13 +160,33 @@ def plot(study: optuna.Study, path: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise NasError("--plot needs matplotlib; install it with pip install 'nas[plot]'") from None
-    trials = [t for t in study.get_trials(deepcopy=False) if "latency_ms" in t.user_attrs and fitness(t) is not None]
+    return plt
+
+
+# The labels of the plot's point sets (tests find them by these).
+FEASIBLE, TRAINED_OTHER, UNTRAINED = "feasible", "over budget / pruned", "measured over budget, not trained"
+
+
+def plot_figure(study: optuna.Study):
+    """Fitness against measured latency: feasible fully trained trials, the others
+    with a fitness (pruned, or trained and over the memory budget), the Pareto
+    front, the budget, and, as marks along the bottom, the candidates measured over
+    the budget and never trained (they have a latency but no fitness: without them
+    a study of only such candidates drew empty axes)."""
+    plt = _pyplot()
+    measured = [t for t in study.get_trials(deepcopy=False) if "latency_ms" in t.user_attrs and t.state.is_finished()]
+    trials = [t for t in measured if fitness(t) is not None]
     fig, ax = plt.subplots(figsize=(6, 4))
-    for feas, color, label in ((True, "tab:blue", "feasible"), (False, "tab:gray", "over budget / pruned")):
+    for feas, color, label in ((True, "tab:blue", FEASIBLE), (False, "tab:gray", TRAINED_OTHER)):
         pts = [(t.user_attrs["latency_ms"], fitness(t)) for t in trials
                if (is_feasible(t) and t.state == optuna.trial.TrialState.COMPLETE) == feas]
         if pts:
             ax.scatter(*zip(*pts), s=14, color=color, label=label)
+    untrained = [t.user_attrs["latency_ms"] for t in measured if fitness(t) is None]
+    if untrained:
+        # x in data units, y in axes units: a rug just above the bottom edge.
+        ax.scatter(untrained, [0.02] * len(untrained), transform=ax.get_xaxis_transform(), marker="x", s=14,
+                   color="tab:orange", label=UNTRAINED)
     front = pareto_front(study)
     if front:
         ax.plot([t.user_attrs["latency_ms"] for t in front], [t.value for t in front], "-o", color="tab:red", ms=4, label="Pareto front")
@@ -178,6 +198,13 @@ def plot(study: optuna.Study, path: str) -> None:
     ax.set_title(study.study_name)
     ax.legend(fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def plot(study: optuna.Study, path: str) -> None:
+    """`plot_figure`, written to `path`."""
+    plt = _pyplot()
+    fig = plot_figure(study)
     try:
         fig.savefig(path, dpi=120)
     except OSError as e:

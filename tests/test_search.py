@@ -1226,3 +1226,39 @@ def test_a_trial_stopped_by_optunas_pruners_names_them(pruner, name):
 
     trial = SimpleNamespace(study=SimpleNamespace(pruner=pruner))
     assert _stop_reason(trial, 5) == f"stopped by the {name} pruner at step 5"
+
+
+def test_the_plot_draws_every_measured_trial_and_the_budget(tmp_path):
+    # Read back from the figure, against the trials as stored: trained ones at (latency,
+    # fitness), those measured over the budget and never trained as marks along the
+    # bottom (a study of only such candidates once drew empty axes).
+    pytest.importorskip("matplotlib")
+    from nas.show import FEASIBLE, TRAINED_OTHER, UNTRAINED, plot_figure
+
+    P = optuna.trial.TrialState.PRUNED
+    study = optuna.create_study(study_name="p", storage=default_url("p", tmp_path), direction="maximize")
+    study.set_user_attr("nas:config", {"budget": {"latency_ms": 10.0, "memory_mb": None}})
+
+    def add(state, latency, value=None, steps=None):
+        study.add_trial(optuna.trial.create_trial(
+            state=state, value=value, intermediate_values=steps, user_attrs={"latency_ms": latency},
+            constraints={"latency": latency - 10.0}))
+
+    add(P, 12.0)
+    add(P, 15.0)
+
+    def drawn(fig):
+        ax = fig.axes[0]
+        points = {c.get_label(): c.get_offsets().data.tolist() for c in ax.collections}
+        lines = {line.get_label(): [float(x) for x in line.get_xdata()] for line in ax.get_lines()}
+        return points, lines
+
+    points, lines = drawn(plot_figure(study))
+    assert sorted(x for x, _ in points[UNTRAINED]) == [12.0, 15.0] and FEASIBLE not in points
+    assert lines["budget 10 ms"] == [10, 10]
+    add(optuna.trial.TrialState.COMPLETE, 5.0, value=0.9)
+    add(P, 3.0, steps={4: 0.4})
+    points, lines = drawn(plot_figure(study))
+    assert points[FEASIBLE] == [[5.0, 0.9]] and points[TRAINED_OTHER] == [[3.0, 0.4]]
+    assert sorted(x for x, _ in points[UNTRAINED]) == [12.0, 15.0]
+    assert lines["Pareto front"] == [5.0]
