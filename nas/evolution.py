@@ -291,8 +291,11 @@ class EvolutionSampler(BaseSampler):
                     break
                 refused.append(why)
         elif self._child_check is not None:
+            # A random candidate that repeats a known trial is drawn again too: the
+            # repeat would be replayed, not trained, and its slot in the population lost.
+            seen = [t.params for t in study.get_trials(deepcopy=False) if t.number != trial.number and t.params]
             for attempt in range(_ATTEMPTS):
-                why = self._refusal(trial, _Plan(None, frozenset(), attempt), None)
+                why = self._refusal(trial, _Plan(None, frozenset(), attempt), seen)
                 if why is None:
                     break
                 refused.append(why)

@@ -607,6 +607,24 @@ def test_child_check_also_screens_the_random_candidates_that_fill_the_population
     assert sum(t.params["depth"] == 1 for t in study.trials) >= 8  # 1 - 0.75**8 = 90% each
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_random_candidates_that_fill_the_population_do_not_repeat(seed) -> None:
+    # Six architectures, five random candidates: drawn independently, all five are
+    # distinct with probability 6!/6^5 = 9%. A repeat is drawn again, like a child's.
+    def six(trial: optuna.Trial) -> float:
+        return float(trial.suggest_categorical("x", [0, 1, 2]) + 3 * trial.suggest_categorical("y", [0, 1]))
+
+    sampler = EvolutionSampler(population_size=5, tournament_size=2, seed=seed,
+                               child_check=lambda suggest: (suggest("x", dist_x), suggest("y", dist_y)) is not None)
+    dist_x = optuna.distributions.CategoricalDistribution([0, 1, 2])
+    dist_y = optuna.distributions.CategoricalDistribution([0, 1])
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.optimize(six, n_trials=5)
+    drawn = [(t.params["x"], t.params["y"]) for t in study.trials]
+    assert len(set(drawn)) == 5, drawn
+    assert all(t.system_attrs[PARENT_KEY] is None for t in study.trials)
+
+
 def test_candidate_refused_every_time_is_still_tried_and_says_so() -> None:
     calls = []
     sampler = EvolutionSampler(population_size=2, tournament_size=1, seed=0,
