@@ -154,8 +154,8 @@ def _add_search_args(p: argparse.ArgumentParser, *, worker: bool) -> None:
     p.add_argument("--quiet", action="store_true", help="no per-trial lines")
     if worker:
         return
-    p.add_argument("--space", default="default", help="built-in space name or a .toml file (default: default)")
-    p.add_argument("--task", default="mqar", help="mqar | listops | text (default mqar)")
+    p.add_argument("--space", help="built-in space name or a .toml file (default: default; a resumed study keeps its own)")
+    p.add_argument("--task", help="mqar | listops | text (default mqar; a resumed study keeps its own, with its options)")
     p.add_argument("--task-option", action="append", metavar="NAME=VALUE", help="a task knob, e.g. num_kv_pairs=16 or path=corpus.txt")
     p.add_argument("--latency-ms", type=_positive_float, help="latency budget per batch in ms (default: the measured latency of a vanilla transformer)")
     p.add_argument("--latency-fraction", type=_positive_float,

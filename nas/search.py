@@ -117,8 +117,10 @@ def default_stages(steps: int) -> tuple[int, ...]:
 class SearchConfig:
     study: str
     storage: str | None = None
-    space: str | SearchSpace = "default"
-    task: str = "mqar"
+    # None: "default" and "mqar" for a new study; on resume the study's own, its task
+    # options under any given (task_options), rebuilt from what it stored.
+    space: str | SearchSpace | None = None
+    task: str | None = None
     task_options: dict[str, Any] = field(default_factory=dict)
     latency_ms: float | None = None
     # Budget = this share of the vanilla transformer's latency, measured when the study is
@@ -211,6 +213,15 @@ def _field_diffs(name: str, stored: Any, wanted: Any) -> list[str]:
     return [f"{name}: stored {json.dumps(stored, sort_keys=True)} vs asked {json.dumps(wanted, sort_keys=True)}"]
 
 
+def space_from_stored(stored: dict[str, Any], source: str) -> SearchSpace:
+    """The search space a study stored (its CONFIG_ATTR "space": name and definition)."""
+    d = stored["definition"]
+    return SearchSpace.from_dict(
+        {"name": stored["name"], "model": {"d_model": d["d_model"], "depth": d["depth"]},
+         "layer": {"attention": d["attention"], "heads": d["heads"], "ffn_mult": d["ffn_mult"]}, "knobs": d["knobs"]},
+        source=source)
+
+
 def choice_argv(name: str, value: Any) -> list[str]:
     """One of DEFAULT_CHOICES as the command line gives it: `--population 20`, `--no-budget-check`."""
     if name == "budget_aware":
@@ -244,11 +255,25 @@ class Search:
             Budget(cfg.latency_ms, cfg.memory_mb)  # validates numbers before any work
         except ValueError as e:
             raise SearchError(str(e)) from None
+        self.url = cfg.url()
+        if cfg.storage is None:
+            Path(STUDIES_DIR).mkdir(exist_ok=True)
+        check_storage(self.url)
+        self.storage = None
+        task, options, space = cfg.task, cfg.task_options, cfg.space
+        if task is None or space is None:  # not asked for: a resumed study's own
+            kept = self._stored_config()
+            if task is None:
+                task = kept["task"]["name"] if kept else "mqar"
+            if kept and task == kept["task"]["name"]:
+                options = {**kept["task"]["options"], **options}
+            if space is None:
+                space = space_from_stored(kept["space"], f"study {cfg.study}") if kept else "default"
         try:
-            self.task = get_task(cfg.task, **cfg.task_options)
+            self.task = get_task(task, **options)
         except TaskError as e:
             raise SearchError(str(e)) from None
-        space = cfg.space if isinstance(cfg.space, SearchSpace) else load_space(cfg.space)
+        space = space if isinstance(space, SearchSpace) else load_space(space)
         self.space = space.for_task(self.task.shape)
         try:
             self.device = resolve_device(cfg.device)
@@ -268,11 +293,6 @@ class Search:
         self.stages = tuple(cfg.stages) if cfg.stages else default_stages(steps)
         if any(s <= 0 for s in self.stages) or list(self.stages) != sorted(set(self.stages)):
             raise SearchError(f"--stages must be strictly increasing positive step counts, got {list(self.stages)}")
-        self.url = cfg.url()
-        if cfg.storage is None:
-            Path(STUDIES_DIR).mkdir(exist_ok=True)
-        check_storage(self.url)
-        self.storage = None
         self.train_options: dict[str, Any] = dict(cfg.train_options)
         self.study: optuna.Study | None = None
         self.budget: Budget | None = None
@@ -298,8 +318,18 @@ class Search:
         path = sqlite_path(self.url)
         if path is not None and not path.exists():
             return False
-        self.storage = open_storage(self.url)
+        if self.storage is None:
+            self.storage = open_storage(self.url)
         return any(s.study_name == self.cfg.study for s in self.storage.get_all_studies())
+
+    def _stored_config(self) -> dict[str, Any] | None:
+        """The study's stored settings (CONFIG_ATTR), or None when there is no such
+        study yet (or it was not made by nas: _open refuses it)."""
+        if not self._study_exists():
+            return None
+        study_id = self.storage.get_study_id_from_name(self.cfg.study)
+        stored = self.storage.get_study_user_attrs(study_id).get(CONFIG_ATTR)
+        return stored if isinstance(stored, dict) else None
 
     def _open(self, create: bool) -> None:
         cfg = self.cfg
@@ -324,6 +354,9 @@ class Search:
             wanted = self._identity(budget)
             if "seed" not in stored:  # made before the seed was stored: trains with the one asked for, as then
                 del wanted["seed"]
+            if wanted["space"]["definition"] == stored["space"]["definition"]:
+                # The same choices under another name (a space file given by another path): the same space.
+                wanted["space"]["name"] = stored["space"]["name"]
             for name in set(wanted["task"]["options"]) - set(stored["task"]["options"]):
                 del wanted["task"]["options"][name]  # an option the task gained since (e.g. text's sha256)
             if cfg.stages is None and cfg.steps is None:

@@ -27,10 +27,9 @@ from nas.checkpoints import weights_on_disk
 from nas.cli import STORAGE_ENV, trials_limit
 from nas.errors import NasError
 from nas.results import summary_table
-from nas.search import CONFIG_ATTR, DEFAULT_CHOICES, Search, SearchConfig, choice_argv
+from nas.search import CONFIG_ATTR, DEFAULT_CHOICES, Search, SearchConfig, choice_argv, space_from_stored
 from nas.show import open_study
 from nas.storage import default_url
-from search_spaces import SearchSpace
 
 
 def config_from_study(study: optuna.Study, args: argparse.Namespace) -> SearchConfig:
@@ -38,14 +37,7 @@ def config_from_study(study: optuna.Study, args: argparse.Namespace) -> SearchCo
     stored: dict[str, Any] = study.user_attrs.get(CONFIG_ATTR) or {}
     if not stored:
         raise NasError(f"study {study.study_name!r} was not made by nas search; start it with nas search first")
-    space_def = stored["space"]["definition"]
-    space = SearchSpace.from_dict(
-        {"name": stored["space"]["name"],
-         "model": {"d_model": space_def["d_model"], "depth": space_def["depth"]},
-         "layer": {"attention": space_def["attention"], "heads": space_def["heads"], "ffn_mult": space_def["ffn_mult"]},
-         "knobs": space_def["knobs"]},
-        source=f"study {study.study_name}",
-    )
+    space = space_from_stored(stored["space"], f"study {study.study_name}")
     device = stored["device"]
     threads = int(device.split(":")[1].removesuffix("threads")) if device.startswith("cpu:") else None
     return SearchConfig(

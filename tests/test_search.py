@@ -1262,3 +1262,30 @@ def test_the_plot_draws_every_measured_trial_and_the_budget(tmp_path):
     assert points[FEASIBLE] == [[5.0, 0.9]] and points[TRAINED_OTHER] == [[3.0, 0.4]]
     assert sorted(x for x, _ in points[UNTRAINED]) == [12.0, 15.0]
     assert lines["Pareto front"] == [5.0]
+
+
+def test_a_bare_resume_keeps_the_studys_task_and_space(tmp_path, monkeypatch):
+    # `nas search --study NAME` with no --task or --space resumes a study made on another
+    # task and space (it was refused: "stored listops vs asked mqar"); an option given
+    # is compared over the stored ones.
+    Search(tiny_config(tmp_path, trials=2, pruner="none"), log=io.StringIO()).run(progress=False)
+    bare = dict(space=None, task=None, task_options={})
+    resumed = Search(tiny_config(tmp_path, trials=3, **bare), log=io.StringIO())
+    assert resumed.space.name == "tiny" and resumed.space.depth == load_space("tiny").depth
+    assert resumed.task.options() == get_task("mqar", **TINY_TASK).options()
+    study = resumed.run(progress=False)
+    assert sum(t.state in FINISHED for t in study.trials) == 3
+    with pytest.raises(SearchError, match="task.options.seq_len: stored 16 vs asked 32"):
+        Search(tiny_config(tmp_path, **{**bare, "task_options": {"seq_len": 32}}), log=io.StringIO())
+    # A new study without them: the defaults.
+    fresh = Search(tiny_config(tmp_path, name="new", latency_ms=None, **bare), log=io.StringIO())
+    assert (fresh.space.name, fresh.task.name) == ("default", "mqar")
+    # A space file without a name is named by its path as typed; the same file by
+    # another path is the same space (same choices), not a refusal.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sp.toml").write_text(TWO_ARCH_SPACE.replace('name = "two"\n', ""))
+    Search(tiny_config(tmp_path, name="f", space="sp.toml", trials=1, pruner="none"), log=io.StringIO()).run(progress=False)
+    again = Search(tiny_config(tmp_path, name="f", space=str(tmp_path / "sp.toml"), trials=2, pruner="none"),
+                   log=io.StringIO()).run(progress=False)
+    assert sum(t.state in FINISHED for t in again.trials) == 2
+    assert again.user_attrs["nas:config"]["space"]["name"] == "sp.toml"  # as stored
