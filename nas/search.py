@@ -29,7 +29,7 @@ import optuna
 import torch
 from optuna.storages._heartbeat import get_heartbeat_thread
 
-from evaluators.errors import TaskError, TrialFailure
+from evaluators.errors import DeviceOutOfMemory, TaskError, TrialFailure
 from evaluators.hardware import default_threads, dtype_name, resolve_device, resolve_dtype
 from evaluators.tasks import get_task
 from evaluators.training import Trainer
@@ -461,8 +461,16 @@ class Search:
         cheapest = smallest_of_each_kind[0]
 
         def timed(spec: ArchSpec, cache: Tables | None = tables) -> Measurement:
-            return measure(spec, device=self.device, batch_size=self.measure_batch, tables=cache,
-                           threads=self.threads, dtype=self.dtype, seed=self.seed, store=False)
+            try:
+                return measure(spec, device=self.device, batch_size=self.measure_batch, tables=cache,
+                               threads=self.threads, dtype=self.dtype, seed=self.seed, store=False)
+            except DeviceOutOfMemory:
+                # Every candidate of the space is at least this big: no trial could run.
+                raise SearchError(
+                    f"the smallest {spec.layers[0].attention} architecture of space {self.space.name} (d_model "
+                    f"{spec.d_model}, {spec.depth} layer(s), ffn {spec.layers[0].ffn}) does not fit in "
+                    f"{self.device.type} memory at batch {self.measure_batch}; use a space with smaller d_model, "
+                    f"depth or ffn_mult choices (or a smaller --measure-batch)") from None
 
         m = timed(cheapest)
         measured = [(cheapest, m)]

@@ -1289,3 +1289,18 @@ def test_a_bare_resume_keeps_the_studys_task_and_space(tmp_path, monkeypatch):
                    log=io.StringIO()).run(progress=False)
     assert sum(t.state in FINISHED for t in again.trials) == 2
     assert again.user_attrs["nas:config"]["space"]["name"] == "sp.toml"  # as stored
+
+
+def test_a_space_whose_smallest_candidate_does_not_fit_is_refused_in_one_line(tmp_path, monkeypatch):
+    # Measuring the smallest architecture ran out of memory: a 68-line traceback before.
+    from evaluators.errors import DeviceOutOfMemory
+    import nas.search
+
+    def oom(spec, **kw):
+        raise DeviceOutOfMemory("out of memory during building the model on cpu to measure it")
+
+    monkeypatch.setattr(nas.search, "measure", oom)
+    with pytest.raises(SearchError, match=r"^the smallest \w+ architecture of space tiny .* does not fit in cpu memory "
+                                          r"at batch 16; use a space with smaller d_model"):
+        Search(tiny_config(tmp_path), log=io.StringIO())
+    assert not (tmp_path / "t.db").exists() or "t" not in [s.study_name for s in optuna.get_all_study_summaries(default_url("t", tmp_path))]
