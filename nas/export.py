@@ -43,7 +43,7 @@ from search_spaces.attention.registry import REGISTRY
 from search_spaces import model as model_module
 
 # Modules whose imports may appear in model.py; anything else is a bug here.
-ALLOWED_IMPORTS = {"__future__", "math", "typing", "dataclasses", "functools", "torch", "collections"}
+ALLOWED_IMPORTS = {"__future__", "contextlib", "math", "typing", "dataclasses", "functools", "torch", "collections"}
 
 
 # ---- choosing the trial --------------------------------------------------------

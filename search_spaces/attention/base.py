@@ -12,11 +12,22 @@ pad internally and mask the padding.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
+import torch
 from torch import Tensor, nn
 
 from search_spaces.arch_spec import LayerSpec
+
+
+def no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """A context in which matmuls keep float32 (autocast would cast them to bf16);
+    nothing on a device without autocast (e.g. "meta", where a model is shaped
+    before its weights are loaded)."""
+    if not torch.amp.is_autocast_available(device.type):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, enabled=False)
 
 
 class Attention(nn.Module):

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from search_spaces.arch_spec import LayerSpec
-from search_spaces.attention.base import Attention
+from search_spaces.attention.base import Attention, no_autocast
 
 # Denominators are sums of positive features; they are exactly zero only for a
 # query that sees no real key (a padding row, or a causal row before the first
@@ -48,10 +48,6 @@ EPS = torch.finfo(torch.float32).tiny
 DEFAULT_CHUNK = 64
 
 
-def _no_autocast(device: torch.device):
-    """A context in which matmuls keep float32 (autocast would cast them to bf16)."""
-    return torch.autocast(device_type=device.type, enabled=False)
-
 
 def bidirectional_kernel_attention(fq: Tensor, fk: Tensor, v: Tensor) -> Tensor:
     """out_i = fq_i^T (sum_j fk_j v_j^T) / (fq_i^T sum_j fk_j).
@@ -61,7 +57,7 @@ def bidirectional_kernel_attention(fq: Tensor, fk: Tensor, v: Tensor) -> Tensor:
     """
     kv = fk.transpose(-1, -2) @ v  # (b, h, r, d): the global sum of fk_j v_j^T
     num = fq @ kv
-    with _no_autocast(fq.device):
+    with no_autocast(fq.device):
         # The normaliser is a sum over up to n tokens: keep it in float32.
         z = fk.float().sum(dim=-2)  # (b, h, r)
         den = (fq.float() @ z.unsqueeze(-1)).squeeze(-1)  # (b, h, n)
@@ -143,13 +139,13 @@ def causal_kernel_attention(fq: Tensor, fk: Tensor, v: Tensor, chunk: int = DEFA
     # threads). The (n / C, r, d) states are the price: memory O(n r d / C),
     # linear in n.
     kv = fk.transpose(-1, -2) @ v  # (b, h, nc, r, d)
-    with _no_autocast(fq.device):
+    with no_autocast(fq.device):
         state = exclusive_prefix_sum(kv.float() if kv.dtype not in (torch.float32, torch.float64) else kv, dim=2)
     # num += fq @ state, one fused batched matmul-add in place (a @ v saved its
     # inputs, not num).
     num.view(-1, c, d).baddbmm_(fq.reshape(-1, c, r), state.to(fq.dtype).reshape(-1, r, d))
 
-    with _no_autocast(fq.device):
+    with no_autocast(fq.device):
         # The normaliser state, in float32: (n / C, r) numbers, cheap to keep whole.
         zk = fk.float().sum(dim=-2)  # (b, h, nc, r)
         z = exclusive_prefix_sum(zk, dim=2)  # keys of earlier chunks only
@@ -247,7 +243,7 @@ class PerformerAttention(Attention):
         """
         m = self.features.shape[0]
         log_norm = 0.5 * math.log(m)  # the 1/sqrt(m), folded into the exponent
-        with _no_autocast(x.device):
+        with no_autocast(x.device):
             # The exponent is computed in float32: in bf16 an error of 0.4% on an
             # exponent of ~10 would already be a 4% error on the feature.
             x = x.float() * self.head_dim ** -0.25
@@ -271,7 +267,7 @@ class PerformerAttention(Attention):
             # Features of e^-30 are ordinary here (a key far from every w_r): float32
             # and bfloat16 hold them, float16 (smallest normal 6e-5) flushes them to
             # zero. So float16 inputs are attended in float32, autocast off.
-            with _no_autocast(v.device):
+            with no_autocast(v.device):
                 return self.attend(q.float(), k.float(), v.float(), key_padding_mask).to(v.dtype)
         fq = self._phi(q, True, None).to(v.dtype)
         fk = self._phi(k, False, key_padding_mask).to(v.dtype)

@@ -20,12 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from search_spaces.arch_spec import LayerSpec
-from search_spaces.attention.base import Attention
+from search_spaces.attention.base import Attention, no_autocast
 
-
-def _no_autocast(device: torch.device):
-    """A context in which matmuls keep float32 (autocast would cast them to bf16)."""
-    return torch.autocast(device_type=device.type, enabled=False)
 
 
 class LinformerAttention(Attention):
@@ -122,7 +118,7 @@ class NystromAttention(Attention):
         b, h, n, d = q.shape
         m = min(self.layer.rank, n)
         dtype = v.dtype
-        with _no_autocast(q.device):
+        with no_autocast(q.device):
             s = self.head_dim ** -0.25
             qf, kf, vf = q.float() * s, k.float() * s, v.float()
             real = (

@@ -493,18 +493,29 @@ class BigBirdAttention(LongformerAttention):
         super().__init__(d_model, layer, max_seq_len, causal)
         gen = torch.Generator().manual_seed(layer.seed)
         n_blocks = -(-max_seq_len // layer.block)
-        bits = torch.randint(0, 2**31, (n_blocks, layer.random_blocks), generator=gen, dtype=torch.int64)
-        # An integer buffer: it follows .to(device) but not .to(dtype), so bf16 models
-        # keep the same pattern; not persistent, since the seed already determines it.
-        self.register_buffer("_random_bits", bits, persistent=False)
+        # Drawn on the CPU whatever the default device (a model built under
+        # `torch.device("meta")` must still get its pattern), and kept as a plain
+        # attribute, not a buffer: the seed determines it, so it is not in the
+        # state dict, and `to_empty()` (meta init, then load_state_dict) would
+        # leave a non-persistent buffer as uninitialised memory.
+        self._random_bits_cpu = torch.randint(0, 2**31, (n_blocks, layer.random_blocks), generator=gen,
+                                              dtype=torch.int64, device="cpu")
+        self._random_bits_on: dict[torch.device, Tensor] = {}
 
-    def random_block_table(self, n: int, lengths: Tensor | None = None) -> Tensor:
+    def _random_bits(self, device: torch.device) -> Tensor:
+        """The drawn integers on `device`, copied there once."""
+        bits = self._random_bits_on.get(device)
+        if bits is None:
+            bits = self._random_bits_on[device] = self._random_bits_cpu.to(device)
+        return bits
+
+    def random_block_table(self, n: int, lengths: Tensor | None = None, device: torch.device | None = None) -> Tensor:
         """(ceil(n / block), random_blocks) LongTensor: row qb lists the key blocks
         query block qb attends to (may repeat; repeats count once). Bidirectional,
         given `lengths` (b,), the sequences' own lengths (`real_lengths`): one table
         per sequence, (b, ceil(n / block), random_blocks), each over its own blocks."""
         nqb = -(-n // self.layer.block)
-        bits = self._random_bits[:nqb]
+        bits = self._random_bits(self.qkv.weight.device if device is None else device)[:nqb]
         # floor(u * choices), u = bits / 2^31 in [0, 1)
         if self.causal:
             return (bits * torch.arange(1, nqb + 1, device=bits.device).view(nqb, 1)) >> 31
@@ -521,7 +532,7 @@ class BigBirdAttention(LongformerAttention):
         if self.layer.random_blocks > 0:
             g = min(self.layer.global_tokens, n)
             lengths = None if self.causal or kpm is None else real_lengths(kpm)
-            sets.append(_random_keys(k, v, kpm, n, nq, chunk, self.random_block_table(n, lengths),
+            sets.append(_random_keys(k, v, kpm, n, nq, chunk, self.random_block_table(n, lengths, k.device),
                                      self.layer.window, g, self.causal))
         return sets
 
