@@ -264,7 +264,10 @@ def generate_model_py(spec: ArchSpec, *, header: str = "") -> str:
         f'"""{header or "A model exported by nas."}\n\nStandalone: imports only torch and the standard library.\n'
         'Usage:\n\n    import torch\n    from model import build_model\n\n    model = build_model()\n'
         '    model.load_state_dict(torch.load("weights.pt", weights_only=True))\n    model.eval()\n'
-        '    logits = model(tokens)  # tokens: (batch, length) int64, length <= SPEC.max_seq_len\n"""',
+        '    logits = model(tokens, padding_mask)\n\n'
+        'tokens: (batch, length) int64, length <= SPEC.max_seq_len. padding_mask: (batch,\n'
+        'length) bool, True = a real token; pass it whenever a batch holds padding (the\n'
+        'task pads), else padding is attended to like real tokens; None when none does.\n"""',
         "",
         "from __future__ import annotations",
         "",
@@ -422,7 +425,12 @@ def model_card(study: optuna.Study, trial: optuna.trial.FrozenTrial, spec: ArchS
         "model = build_model()",
         'model.load_state_dict(torch.load("weights.pt", weights_only=True))',
         "model.eval()",
+        "logits = model(tokens, padding_mask)  # padding_mask: bool, True = real token; None if nothing is padded",
         "```",
+        "",
+        f"Trained on task {task.get('name', '?')} with options {json.dumps(task.get('options'), sort_keys=True)}: "
+        "tokens are that task's ids. Pass `padding_mask` whenever a batch holds padding (a task with "
+        "sequences of several lengths pads them): without it, padding is attended to like real tokens.",
         "",
         "Architecture (arch.json):",
         "",

@@ -143,8 +143,13 @@ def test_export_runs_standalone_and_matches_the_search_model(trained, tmp_path, 
             assert root == "torch" or root in sys.stdlib_module_names, mod  # torch and the standard library only
     card = (out / "card.md").read_text()
     for fragment in (f"{t.value:.4f}", f"{t.user_attrs['latency_ms']:.3f} ms", "MiB inference",
-                     f"parameters: {t.user_attrs['params']:,}", t.user_attrs["device"], "local, linear", "found by"):
+                     f"parameters: {t.user_attrs['params']:,}", t.user_attrs["device"], "local, linear", "found by",
+                     "model(tokens, padding_mask)"):
         assert fragment in card, fragment
+    # The task and its options, as the study stored them: what the token ids mean.
+    stored_task = optuna.load_study(study_name="ex", storage=trained["url"]).user_attrs["nas:config"]["task"]
+    assert f"task {stored_task['name']} with options {json.dumps(stored_task['options'], sort_keys=True)}" in card
+    assert "model(tokens, padding_mask)" in source
 
     tokens, mask = sample_input(spec)
     with torch.no_grad():
