@@ -275,6 +275,10 @@ class Search:
             raise SearchError(str(e)) from None
         space = space if isinstance(space, SearchSpace) else load_space(space)
         self.space = space.for_task(self.task.shape)
+        unfit = space.unfit_kinds(self.task.shape, causality=False)
+        if unfit:  # some kinds remain (for_task refused otherwise): say which were left out by their knobs
+            self._print(f"note: space {space.name} on task {self.task.name}: {'; '.join(unfit.values())}, "
+                        f"so {', '.join(unfit)} {'is' if len(unfit) == 1 else 'are'} left out")
         try:
             self.device = resolve_device(cfg.device)
         except ValueError as e:

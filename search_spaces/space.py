@@ -144,22 +144,36 @@ class SearchSpace:
         """This space with knob choices that cannot fit the task's sequence length
         dropped (a window of 512 means nothing at length 64), and attention kinds
         that the task's causality rules out removed."""
-        knobs = {}
-        for k, vals in self.knobs.items():
-            kept = tuple(v for v in vals if v <= shape.max_seq_len)
-            knobs[k] = kept
-        attention = tuple(
-            a for a in self.attention
-            if (REGISTRY[a].causal if shape.causal else REGISTRY[a].bidirectional)
-            and all(knobs.get(k) for k in REGISTRY[a].knobs)
-        )
+        knobs = {k: tuple(v for v in vals if v <= shape.max_seq_len) for k, vals in self.knobs.items()}
+        unfit = self.unfit_kinds(shape)
+        attention = tuple(a for a in self.attention if a not in unfit)
         if not attention:
             raise SpaceError(
                 f"space {self.name}: no attention kind in {list(self.attention)} can serve a "
-                f"{'causal' if shape.causal else 'bidirectional'} task of length {shape.max_seq_len}"
+                f"{'causal' if shape.causal else 'bidirectional'} task of length {shape.max_seq_len} "
+                f"({'; '.join(unfit.values())}); add choices that fit, or another attention kind"
             )
         return SearchSpace(self.name, self.description, self.d_model, self.depth, attention,
                            self.heads, self.ffn_mult, knobs)
+
+    def unfit_kinds(self, shape: TaskShape, causality: bool = True) -> dict[str, str]:
+        """The attention kinds `for_task` drops for `shape`, each with the reason:
+        the task's causality (left out with causality=False), or a knob all of whose
+        choices exceed its length."""
+        side = "causal" if shape.causal else "bidirectional"
+        out = {}
+        for a in self.attention:
+            info = REGISTRY[a]
+            if not (info.causal if shape.causal else info.bidirectional):
+                if causality:
+                    out[a] = f"{a} cannot be {side}"
+                continue
+            for k in info.knobs:
+                vals = self.knobs.get(k, ())
+                if not any(v <= shape.max_seq_len for v in vals):
+                    out[a] = f"{a}'s {k} choices {list(vals)} all exceed the sequence length {shape.max_seq_len}"
+                    break
+        return out
 
     def sample(self, choose: Chooser, shape: TaskShape) -> ArchSpec:
         """Walk the choices (see module docstring) and build the ArchSpec.

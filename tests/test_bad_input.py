@@ -86,13 +86,31 @@ def with_option(argv: list[str], flag: str, value: str) -> list[str]:
     ('name = "x"\n[model\nd_model = [16]\n', "not valid TOML"),
     ('name = "x"\ncolour = 3\n[model]\nd_model = [16]\ndepth = [1]\n[layer]\nattention = ["full"]\nheads = [1]\nffn_mult = [2]\n', "unknown"),
     ('name = "x"\n[model]\nd_model = [16]\ndepth = [1]\n[layer]\nattention = ["fancy"]\nheads = [1]\nffn_mult = [2]\n', "fancy"),
-], ids=["bad-toml", "unknown-key", "unknown-attention"])
+    # Every window choice longer than the task's 16 tokens: the error says so and how to fix it.
+    ('name = "x"\n[model]\nd_model = [16]\ndepth = [1]\n[layer]\nattention = ["local", "linformer"]\nheads = [1]\n'
+     'ffn_mult = [2]\n[knobs]\nwindow = [32, 64]\nrank = [4]\n',
+     "(local's window choices [32, 64] all exceed the sequence length 16; linformer cannot be causal); add choices that fit"),
+], ids=["bad-toml", "unknown-key", "unknown-attention", "knobs-too-long"])
 def test_bad_space_file(capsys, db, tmp_path, text, expect):
     space = tmp_path / "s.toml"
     space.write_text(text)
     before = stored(db)
     fails_cleanly(capsys, with_option(search_args(db, study="new"), "--space", str(space)), expect)
     assert stored(db) == before
+
+
+def test_a_kind_left_out_by_its_knobs_is_named(tmp_path):
+    # local's windows do not fit 16 tokens, full remains: the search runs, and says
+    # that local is left out (it dropped it silently).
+    space = tmp_path / "s.toml"
+    space.write_text('name = "x"\n[model]\nd_model = [16]\ndepth = [1]\n[layer]\nattention = ["local", "full"]\n'
+                     'heads = [1]\nffn_mult = [2]\n[knobs]\nwindow = [32, 64]\n')
+    log = io.StringIO()
+    search = Search(SearchConfig(study="k", storage=default_url("k", tmp_path), space=str(space), task="mqar",
+                                 task_options=TINY, latency_ms=1000.0, trials=1, stages=(1,)), log=log)
+    assert search.space.attention == ("full",)
+    assert ("note: space x on task mqar: local's window choices [32, 64] all exceed the sequence length 16, "
+            "so local is left out") in log.getvalue()
 
 
 def test_unknown_task(capsys, db):
