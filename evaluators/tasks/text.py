@@ -96,8 +96,11 @@ class TextTask(TaskBase):
             source = f"the file {p}"
         digest = hashlib.sha256(data).hexdigest()
         if o["sha256"] is not None and o["sha256"] != digest:
-            raise TaskError(f"task text: the corpus changed since the study was made ({source}: SHA-256 "
-                            f"{digest[:12]}..., the study's {str(o['sha256'])[:12]}...); restore it, or start a new study")
+            # The one stored with a study, or one given by hand (--task-option sha256=...): either way the
+            # corpus read is not the one expected.
+            raise TaskError(f"task text: the corpus is not the one expected ({source} has SHA-256 {digest[:12]}..., "
+                            f"expected {str(o['sha256'])[:12]}...: changed since the study was made, or a sha256 "
+                            f"option given by hand); restore it, or drop the sha256 option for a new study")
         self._options["sha256"] = digest
         n_valid_bytes = int(len(data) * frac)
         need = self.seq_len + 1
