@@ -226,20 +226,22 @@ class PerformerAttention(Attention):
         self.register_buffer("features", orthogonal_gaussian_features(layer.rank, self.head_dim, layer.seed))
 
     def _phi(self, x: Tensor, is_query: bool, key_padding_mask: Tensor | None) -> Tensor:
-        """FAVOR+ features of queries or keys, with the paper's estimate unchanged:
-        phi(q)_r phi(k)_r = exp(w_r q' - |q'|^2/2) exp(w_r k' - |k'|^2/2) / m.
+        """phi(x) = exp(w x' - |x'|^2 / 2 - c) / sqrt(m), with a stabiliser c.
 
-        The stabiliser must not depend on other tokens' keys: in the causal form a
-        constant taken over all keys (performer-pytorch's max over the sequence)
-        depends on future tokens, and once it pushed early rows' denominators to
-        underflow, earlier outputs changed with later keys. So each feature r moves
-        the constant c_r = |w_r|^2 / 2 from its key to its query side, which leaves
-        every product phi(q)_r phi(k)_r as it was:
+        c is the usual max-subtraction (performer-pytorch, the paper's code): a
+        constant per query, or one constant per (batch, head) for the keys, the max
+        over the real keys, which cancels between numerator and denominator. For a
+        query the |x'|^2 / 2 term is itself such a constant, so with c = max_r(w_r x')
+        - |x'|^2 / 2 both go away exactly: exp(w x' - max_r w_r x').
 
-        - a key's feature is exp(w_r k' - |k'|^2/2 - c_r) = exp(-|w_r - k'|^2 / 2) <= 1:
-          it never overflows and depends on that key alone;
-        - a query's is exp(w_r q' + c_r - max_s(w_s q' + c_s)): the per-query constants
-          (the max, and |q'|^2/2) cancel between numerator and denominator.
+        In the causal form the keys' constant includes later keys. It cancels
+        exactly; an earlier output can change only where a later key's features are
+        so much larger (e^87, float32's range) that every earlier key's underflow to
+        0. (A denominator clamp of 1e-12 used to zero such rows from e^-27 on: the
+        clamp is now float32's smallest normal, see EPS.) A stabiliser free of other
+        keys (the constant |w_r|^2 / 2 per feature, moved to the query side) was
+        tried and measured worse: with keys of norm ~30 per head every feature
+        underflows, giving rows of zeros and NaN gradients where this one is exact.
         """
         m = self.features.shape[0]
         log_norm = 0.5 * math.log(m)  # the 1/sqrt(m), folded into the exponent
@@ -247,26 +249,35 @@ class PerformerAttention(Attention):
             # The exponent is computed in float32: in bf16 an error of 0.4% on an
             # exponent of ~10 would already be a 4% error on the feature.
             x = x.float() * self.head_dim ** -0.25
-            w = self.features.float()
-            half_w = 0.5 * (w * w).sum(dim=-1)  # (m,): c_r
-            # The passes over the (b, h, n, m) logits run in place (the matmul saved
-            # its inputs, not its output; exp_ saves its result): no (b, h, n, m)
-            # temporaries besides the logits themselves.
-            logits = x @ w.T  # (b, h, n, m)
+            logits = x @ self.features.float().T  # (b, h, n, m)
+            # The two passes over the (b, h, n, m) logits, subtraction and exp, run
+            # in place (the matmul saved its inputs, not its output; exp_ saves its
+            # result): no (b, h, n, m) temporaries besides the logits themselves.
+            with torch.no_grad():
+                row_max = logits.amax(dim=-1)  # (b, h, n)
             if is_query:
-                logits.add_(half_w)
-                with torch.no_grad():  # a per-query constant: its gradient is exactly zero
-                    row_max = logits.amax(dim=-1, keepdim=True)
-                return logits.sub_(row_max + log_norm).exp_()
-            half_sq = 0.5 * (x * x).sum(dim=-1, keepdim=True)  # (b, h, n, 1): |k'|^2 / 2
-            phi = logits.sub_(half_sq).sub_(half_w + log_norm).exp_()
+                return logits.sub_((row_max + log_norm).unsqueeze(-1)).exp_()
+            half_sq = 0.5 * (x * x).sum(dim=-1)  # (b, h, n): part of each key's feature, kept
+            best = row_max - half_sq.detach()
+            if key_padding_mask is not None:
+                # Padding keys neither set the constant nor (below) carry weight.
+                best = best.masked_fill(~key_padding_mask[:, None, :], -torch.inf)
+            # One constant per (batch, head), the max over real keys; detached as
+            # its gradient is exactly zero.
+            stab = best.amax(dim=-1, keepdim=True)
+            stab = torch.where(torch.isfinite(stab), stab, torch.zeros_like(stab))
+            offset = half_sq + stab + log_norm
+            if key_padding_mask is not None:
+                # Keep padding exponents <= 0 (no inf * 0 = nan), then zero them.
+                offset = torch.where(key_padding_mask[:, None, :], offset, row_max + log_norm)
+            phi = logits.sub_(offset.unsqueeze(-1)).exp_()
         return _zero_padding_keys(phi, key_padding_mask)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None) -> Tensor:
         if v.dtype == torch.float16:
-            # Features of e^-30 are ordinary here (a key far from every w_r): float32
-            # and bfloat16 hold them, float16 (smallest normal 6e-5) flushes them to
-            # zero. So float16 inputs are attended in float32, autocast off.
+            # Features far below the largest are ordinary here (e^-20 and less):
+            # float32 and bfloat16 hold them, float16 (smallest normal 6e-5) flushes
+            # them to zero. So float16 inputs are attended in float32, autocast off.
             with no_autocast(v.device):
                 return self.attend(q.float(), k.float(), v.float(), key_padding_mask).to(v.dtype)
         fq = self._phi(q, True, None).to(v.dtype)
