@@ -215,11 +215,17 @@ def _field_diffs(name: str, stored: Any, wanted: Any) -> list[str]:
 
 def space_from_stored(stored: dict[str, Any], source: str) -> SearchSpace:
     """The search space a study stored (its CONFIG_ATTR "space": name and definition)."""
-    d = stored["definition"]
+    d = _without_empty_knobs(stored["definition"])
     return SearchSpace.from_dict(
         {"name": stored["name"], "model": {"d_model": d["d_model"], "depth": d["depth"]},
          "layer": {"attention": d["attention"], "heads": d["heads"], "ffn_mult": d["ffn_mult"]}, "knobs": d["knobs"]},
         source=source)
+
+
+def _without_empty_knobs(definition: dict[str, Any]) -> dict[str, Any]:
+    """A stored space definition without knobs left with no choice (studies made before
+    SearchSpace.for_task dropped them stored them as []): the same space."""
+    return {**definition, "knobs": {k: v for k, v in definition["knobs"].items() if v}}
 
 
 def choice_argv(name: str, value: Any) -> list[str]:
@@ -255,30 +261,7 @@ class Search:
             Budget(cfg.latency_ms, cfg.memory_mb)  # validates numbers before any work
         except ValueError as e:
             raise SearchError(str(e)) from None
-        self.url = cfg.url()
-        if cfg.storage is None:
-            Path(STUDIES_DIR).mkdir(exist_ok=True)
-        check_storage(self.url)
-        self.storage = None
-        task, options, space = cfg.task, cfg.task_options, cfg.space
-        if task is None or space is None:  # not asked for: a resumed study's own
-            kept = self._stored_config()
-            if task is None:
-                task = kept["task"]["name"] if kept else "mqar"
-            if kept and task == kept["task"]["name"]:
-                options = {**kept["task"]["options"], **options}
-            if space is None:
-                space = space_from_stored(kept["space"], f"study {cfg.study}") if kept else "default"
-        try:
-            self.task = get_task(task, **options)
-        except TaskError as e:
-            raise SearchError(str(e)) from None
-        space = space if isinstance(space, SearchSpace) else load_space(space)
-        self.space = space.for_task(self.task.shape)
-        unfit = space.unfit_kinds(self.task.shape, causality=False)
-        if unfit:  # some kinds remain (for_task refused otherwise): say which were left out by their knobs
-            self._print(f"note: space {space.name} on task {self.task.name}: {'; '.join(unfit.values())}, "
-                        f"so {', '.join(unfit)} {'is' if len(unfit) == 1 else 'are'} left out")
+        # What needs neither the task nor the storage is checked first.
         try:
             self.device = resolve_device(cfg.device)
         except ValueError as e:
@@ -286,7 +269,6 @@ class Search:
         # One thread by default on CPU: two passes over the same architectures rank
         # them far more consistently than with all cores (benchmarks/latency.py).
         self.threads = cfg.measure_threads or default_threads()
-        self.measure_batch = cfg.measure_batch or self.task.batch_size
         try:
             self.dtype = resolve_dtype(cfg.measure_dtype, self.device)
         except ValueError as e:
@@ -297,6 +279,31 @@ class Search:
         self.stages = tuple(cfg.stages) if cfg.stages else default_stages(steps)
         if any(s <= 0 for s in self.stages) or list(self.stages) != sorted(set(self.stages)):
             raise SearchError(f"--stages must be strictly increasing positive step counts, got {list(self.stages)}")
+        self.url = cfg.url()
+        if cfg.storage is None:
+            Path(STUDIES_DIR).mkdir(exist_ok=True)
+        check_storage(self.url)
+        self.storage = None
+        # A resumed study's task, options and space where not asked for: its own.
+        kept = self._stored_config()
+        task = cfg.task or (kept["task"]["name"] if kept else "mqar")
+        options = cfg.task_options
+        if kept and task == kept["task"]["name"]:
+            options = {**kept["task"]["options"], **options}
+        space = cfg.space
+        if space is None:
+            space = space_from_stored(kept["space"], f"study {cfg.study}") if kept else "default"
+        try:
+            self.task = get_task(task, **options)
+        except TaskError as e:
+            raise SearchError(str(e)) from None
+        space = space if isinstance(space, SearchSpace) else load_space(space)
+        self.space = space.for_task(self.task.shape)
+        unfit = space.unfit_kinds(self.task.shape, causality=False)
+        if unfit:  # some kinds remain (for_task refused otherwise): say which were left out by their knobs
+            self._print(f"note: space {space.name} on task {self.task.name}: {'; '.join(unfit.values())}, "
+                        f"so {', '.join(unfit)} {'is' if len(unfit) == 1 else 'are'} left out")
+        self.measure_batch = cfg.measure_batch or self.task.batch_size
         self.train_options: dict[str, Any] = dict(cfg.train_options)
         self.study: optuna.Study | None = None
         self.budget: Budget | None = None
@@ -358,6 +365,7 @@ class Search:
             wanted = self._identity(budget)
             if "seed" not in stored:  # made before the seed was stored: trains with the one asked for, as then
                 del wanted["seed"]
+            stored["space"] = {**stored["space"], "definition": _without_empty_knobs(stored["space"]["definition"])}
             if wanted["space"]["definition"] == stored["space"]["definition"]:
                 # The same choices under another name (a space file given by another path): the same space.
                 wanted["space"]["name"] = stored["space"]["name"]
@@ -437,6 +445,11 @@ class Search:
                     if k in stored and v != stored[k]]
         if switched:
             self._print(f"note: this run uses {', '.join(switched)}; trials record which one they ran under")
+        unknown = [k for k in DEFAULT_CHOICES if study is not None and k not in stored and getattr(self.cfg, k) is None]
+        if unknown:  # a study made before they were recorded (evolution's numbers were not, per trial either)
+            self._print(f"note: study {self.cfg.study!r} did not record {', '.join(' '.join(choice_argv(k, chosen[k])[:1]) for k in unknown)}; "
+                        f"this run uses the defaults ({', '.join(' '.join(choice_argv(k, chosen[k])) for k in unknown)}): "
+                        "give them to run as the study was made")
         self.cfg = dataclasses.replace(self.cfg, **chosen)
         try:
             check_choices(self.cfg)
@@ -464,17 +477,22 @@ class Search:
         smallest_of_each_kind = self.space.cheapest_of_each_kind(shape)
         cheapest = smallest_of_each_kind[0]
 
-        def timed(spec: ArchSpec, cache: Tables | None = tables) -> Measurement:
+        def timed(spec: ArchSpec, cache: Tables | None = tables, reference: bool = False) -> Measurement:
             try:
                 return measure(spec, device=self.device, batch_size=self.measure_batch, tables=cache,
                                threads=self.threads, dtype=self.dtype, seed=self.seed, store=False)
             except DeviceOutOfMemory:
-                # Every candidate of the space is at least this big: no trial could run.
+                what = (f"d_model {spec.d_model}, {spec.depth} layer(s), ffn {spec.layers[0].ffn}; "
+                        f"{self.device.type} memory at batch {self.measure_batch}")
+                if reference:  # only the default budget needs it
+                    raise SearchError(
+                        f"the vanilla transformer of space {self.space.name}, whose latency would be the default "
+                        f"budget, does not fit ({what}); give the budget yourself with --latency-ms") from None
+                # The smallest of its kind: every candidate of that kind is at least this big.
                 raise SearchError(
-                    f"the smallest {spec.layers[0].attention} architecture of space {self.space.name} (d_model "
-                    f"{spec.d_model}, {spec.depth} layer(s), ffn {spec.layers[0].ffn}) does not fit in "
-                    f"{self.device.type} memory at batch {self.measure_batch}; use a space with smaller d_model, "
-                    f"depth or ffn_mult choices (or a smaller --measure-batch)") from None
+                    f"the smallest {spec.layers[0].attention} architecture of space {self.space.name} does not fit "
+                    f"({what}); use a space with smaller d_model, depth or ffn_mult choices (or a smaller "
+                    f"--measure-batch)") from None
 
         m = timed(cheapest)
         measured = [(cheapest, m)]
@@ -486,7 +504,7 @@ class Search:
             if vanilla:
                 ref = _spec_from_params(self.space, vanilla, shape)
                 if ref.content_hash() != cheapest.content_hash():
-                    r = timed(ref)
+                    r = timed(ref, reference=True)
                     measured.append((ref, r))
             reference = "vanilla transformer" if vanilla else "cheapest architecture"
             # Rounded up, so the vanilla transformer itself (cached below) stays within a fraction of 1.

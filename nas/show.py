@@ -182,7 +182,9 @@ def plot_figure(study: optuna.Study):
                if (is_feasible(t) and t.state == optuna.trial.TrialState.COMPLETE) == feas]
         if pts:
             ax.scatter(*zip(*pts), s=14, color=color, label=label)
-    untrained = [t.user_attrs["latency_ms"] for t in measured if fitness(t) is None]
+    # Over the budget and so never trained (a failed trial within it is not one of them).
+    untrained = [t.user_attrs["latency_ms"] for t in measured
+                 if fitness(t) is None and not is_feasible(t) and t.state != optuna.trial.TrialState.FAIL]
     if untrained:
         # x in data units, y in axes units: a rug just above the bottom edge.
         ax.scatter(untrained, [0.02] * len(untrained), transform=ax.get_xaxis_transform(), marker="x", s=14,

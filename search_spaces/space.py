@@ -144,7 +144,9 @@ class SearchSpace:
         """This space with knob choices that cannot fit the task's sequence length
         dropped (a window of 512 means nothing at length 64), and attention kinds
         that the task's causality rules out removed."""
-        knobs = {k: tuple(v for v in vals if v <= shape.max_seq_len) for k, vals in self.knobs.items()}
+        # A knob left with no choice only served kinds dropped below: it goes too (a
+        # space with an empty knob list cannot be written down, nor rebuilt from a study).
+        knobs = {k: kept for k, vals in self.knobs.items() if (kept := tuple(v for v in vals if v <= shape.max_seq_len))}
         unfit = self.unfit_kinds(shape)
         attention = tuple(a for a in self.attention if a not in unfit)
         if not attention:

@@ -1201,6 +1201,7 @@ def test_measure_batch_is_where_latency_is_measured_and_is_kept_on_resume(tmp_pa
     resumed.run()
     assert _measured_batches(db) == {1}
     from nas.cli import build_parser
+    from nas.cli import build_parser
     from nas.workers import config_from_study
 
     args = build_parser().parse_args(["worker", "--study", "t", "--storage", cfg.storage, "--trials", "5"])
@@ -1246,6 +1247,7 @@ def test_the_plot_draws_every_measured_trial_and_the_budget(tmp_path):
 
     add(P, 12.0)
     add(P, 15.0)
+    add(optuna.trial.TrialState.FAIL, 4.0)  # within the budget, failed in training (out of memory, say): not drawn
 
     def drawn(fig):
         ax = fig.axes[0]
@@ -1277,6 +1279,9 @@ def test_a_bare_resume_keeps_the_studys_task_and_space(tmp_path, monkeypatch):
     assert sum(t.state in FINISHED for t in study.trials) == 3
     with pytest.raises(SearchError, match="task.options.seq_len: stored 16 vs asked 32"):
         Search(tiny_config(tmp_path, **{**bare, "task_options": {"seq_len": 32}}), log=io.StringIO())
+    # --task and --space named, no --task-option: the study's options still (a review found them dropped).
+    named = Search(tiny_config(tmp_path, task="mqar", space="tiny", task_options={}), log=io.StringIO())
+    assert named.task.options() == resumed.task.options()
     # A new study without them: the defaults.
     fresh = Search(tiny_config(tmp_path, name="new", latency_ms=None, **bare), log=io.StringIO())
     assert (fresh.space.name, fresh.task.name) == ("default", "mqar")
@@ -1294,13 +1299,77 @@ def test_a_bare_resume_keeps_the_studys_task_and_space(tmp_path, monkeypatch):
 def test_a_space_whose_smallest_candidate_does_not_fit_is_refused_in_one_line(tmp_path, monkeypatch):
     # Measuring the smallest architecture ran out of memory: a 68-line traceback before.
     from evaluators.errors import DeviceOutOfMemory
+    import nas.objective
     import nas.search
 
     def oom(spec, **kw):
         raise DeviceOutOfMemory("out of memory during building the model on cpu to measure it")
 
     monkeypatch.setattr(nas.search, "measure", oom)
-    with pytest.raises(SearchError, match=r"^the smallest \w+ architecture of space tiny .* does not fit in cpu memory "
-                                          r"at batch 16; use a space with smaller d_model"):
+    with pytest.raises(SearchError, match=r"^the smallest \w+ architecture of space tiny does not fit \(d_model .*; cpu "
+                                          r"memory at batch 16\); use a space with smaller d_model"):
         Search(tiny_config(tmp_path), log=io.StringIO())
+    # Only the vanilla transformer, measured for the default budget, does not fit: the
+    # fix is a budget of one's own, not a smaller space.
+    from nas.search import _vanilla_params
+    real = nas.objective.measure
+    space = load_space("tiny").for_task(get_task("mqar", **TINY_TASK).shape)
+    widest = max(space.d_model)
+
+    def vanilla_oom(spec, **kw):
+        if spec.d_model == widest and all(layer.attention == "full" for layer in spec.layers):
+            oom(spec)
+        return real(spec, **kw)
+
+    assert _vanilla_params(space) is not None
+    monkeypatch.setattr(nas.search, "measure", vanilla_oom)
+    with pytest.raises(SearchError, match=r"^the vanilla transformer of space tiny, whose latency would be the default "
+                                          r"budget, does not fit .*; give the budget yourself with --latency-ms"):
+        Search(tiny_config(tmp_path, latency_ms=None), log=io.StringIO())
     assert not (tmp_path / "t.db").exists() or "t" not in [s.study_name for s in optuna.get_all_study_summaries(default_url("t", tmp_path))]
+
+
+def test_a_study_whose_space_lost_a_knob_to_the_task_resumes(tmp_path):
+    # local's windows all exceed the 16 tokens: local and its knob are left out. The
+    # knob was stored as an empty list, which no space can be rebuilt from: every
+    # `nas worker` on such a study died, and so did a bare resume.
+    from nas.search import CONFIG_ATTR
+    from nas.cli import build_parser
+    from nas.workers import config_from_study
+
+    space = tmp_path / "s.toml"
+    space.write_text('name = "s"\n[model]\nd_model = [16]\ndepth = [1]\n[layer]\nattention = ["local", "full"]\n'
+                     'heads = [1]\nffn_mult = [2]\n[knobs]\nwindow = [32, 64]\n')
+    Search(tiny_config(tmp_path, space=str(space), trials=1, pruner="none"), log=io.StringIO()).run(progress=False)
+    study = optuna.load_study(study_name="t", storage=default_url("t", tmp_path))
+    assert study.user_attrs[CONFIG_ATTR]["space"]["definition"]["knobs"] == {}
+    bare = dict(space=None, task=None, task_options={})
+    assert Search(tiny_config(tmp_path, trials=2, **bare), log=io.StringIO()).space.attention == ("full",)
+    args = build_parser().parse_args(["worker", "--study", "t", "--storage", default_url("t", tmp_path)])
+    assert config_from_study(study, args).space.attention == ("full",)
+    # A study made before: the empty list stored. The same space, not a refusal.
+    config = dict(study.user_attrs[CONFIG_ATTR])
+    config["space"] = {**config["space"], "definition": {**config["space"]["definition"], "knobs": {"window": []}}}
+    study.set_user_attr(CONFIG_ATTR, config)
+    Search(tiny_config(tmp_path, trials=2, **bare), log=io.StringIO()).run(progress=False)
+    Search(tiny_config(tmp_path, space=str(space), trials=2), log=io.StringIO())
+
+
+def test_a_study_that_never_recorded_evolutions_numbers_says_so(tmp_path):
+    # Studies made before the settings were stored recorded the hurdle settings on each
+    # trial, but never evolution's population, tournament and mutation rate: a resume
+    # takes those from the latest trial, and names the ones it can only default.
+    import dataclasses
+    import types
+
+    old_trial = types.SimpleNamespace(user_attrs={"search": {
+        "sampler": "evolution", "pruner": "hurdles", "hurdle_trials": 3, "hurdle_signal": "fitness",
+        "hurdle_rule": "fixed", "selection_signal": "fitness", "budget_aware": True, "on_refusal": "extend"}})
+    old_study = types.SimpleNamespace(get_trials=lambda deepcopy=False: [old_trial])
+    search = Search(tiny_config(tmp_path), log=io.StringIO())
+    search.log = io.StringIO()
+    search.cfg = dataclasses.replace(search.cfg, **UNNAMED)
+    search._choose(old_study, {"nas:search": {"sampler": "evolution", "pruner": "hurdles"}})
+    assert (search.cfg.hurdle_trials, search.cfg.hurdle_rule, search.cfg.population) == (3, "fixed", 12)
+    assert ("did not record --population, --tournament, --mutation-prob; this run uses the defaults (--population 12, "
+            "--tournament 4, --mutation-prob 0.2)") in search.log.getvalue()
