@@ -75,16 +75,26 @@ def _stages(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"{text!r} must be comma-separated step counts, e.g. 50,150,400") from None
 
 
+# Task options whose values are text whatever they look like: a corpus file named
+# 123 or null is still a file (JSON would make them a number and None).
+TEXT_OPTIONS = ("path", "sha256")
+
+
 def _task_options(items: Sequence[str]) -> dict:
+    """--task-option NAME=VALUE pairs; VALUE read as JSON (numbers, true/false),
+    else as text, and always as text for TEXT_OPTIONS."""
     out = {}
     for item in items or ():
         if "=" not in item:
             raise ValueError(f"--task-option {item!r} must look like NAME=VALUE")
         k, v = item.split("=", 1)
+        if k in TEXT_OPTIONS:
+            out[k] = v
+            continue
         try:
             out[k] = json.loads(v)
         except json.JSONDecodeError:
-            out[k] = v  # a plain string, e.g. a path
+            out[k] = v  # a plain string
     return out
 
 

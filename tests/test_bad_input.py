@@ -620,3 +620,13 @@ def test_a_text_study_resumed_on_a_changed_corpus_is_refused(capsys, tmp_path):
     corpus.write_bytes(original)  # restored: the study goes on
     assert main(with_option(argv, "--trials", "2")) == 0
 
+
+
+def test_a_corpus_path_is_text_whatever_it_looks_like():
+    # Task options are read as JSON (seq_len=8 is a number), but a corpus named 123 or
+    # null was taken for the number 123 (refused) or None (the built-in corpus, silently).
+    from nas.cli import _task_options
+
+    assert _task_options(["path=123", "seq_len=8", "sha256=0123", "path2=null"]) == {
+        "path": "123", "seq_len": 8, "sha256": "0123", "path2": None}
+    assert _task_options(["path=null"]) == {"path": "null"}
