@@ -278,7 +278,7 @@ class EvolutionSampler(BaseSampler):
             contestants = [population[int(i)] for i in picks]
             # max() keeps the first of equal keys: the member drawn first wins a tie.
             parent = max(contestants, key=lambda t: self.fitness(study, t))
-            seen = [t.params for t in study.get_trials(deepcopy=False) if t.number != trial.number and t.params]
+            seen = _known_params(study, trial)
             for attempt in range(_ATTEMPTS):
                 if attempt == 0:
                     mutated = self._choose_mutations(parent, rng)
@@ -293,7 +293,7 @@ class EvolutionSampler(BaseSampler):
         elif self._child_check is not None:
             # A random candidate that repeats a known trial is drawn again too: the
             # repeat would be replayed, not trained, and its slot in the population lost.
-            seen = [t.params for t in study.get_trials(deepcopy=False) if t.number != trial.number and t.params]
+            seen = _known_params(study, trial)
             for attempt in range(_ATTEMPTS):
                 why = self._refusal(trial, _Plan(None, frozenset(), attempt), seen)
                 if why is None:
@@ -424,6 +424,11 @@ def _attempt_tag(attempt: int) -> tuple[object, ...]:
 def is_int(x: object) -> bool:
     """A Python or NumPy integer, not a bool."""
     return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def _known_params(study: Study, trial: FrozenTrial) -> list[dict[str, Any]]:
+    """The parameters of every other trial that drew some: a candidate equal to one is a repeat."""
+    return [t.params for t in study.get_trials(deepcopy=False) if t.number != trial.number and t.params]
 
 
 def check_evolution_numbers(population_size: object, tournament_size: object, mutation_prob: object, seed: object,

@@ -27,25 +27,25 @@ from nas.checkpoints import weights_on_disk
 from nas.cli import STORAGE_ENV, trials_limit
 from nas.errors import NasError
 from nas.results import summary_table
-from nas.search import CONFIG_ATTR, DEFAULT_CHOICES, Search, SearchConfig, choice_argv, space_from_stored
+from nas.search import CONFIG_ATTR, DEFAULT_CHOICES, Search, SearchConfig, choice_argv
 from nas.show import open_study
 from nas.storage import default_url
 
 
 def config_from_study(study: optuna.Study, args: argparse.Namespace) -> SearchConfig:
-    """A worker's settings: what the study stored, plus this worker's own flags."""
+    """A worker's settings: this worker's own flags. The task, its options, the space,
+    the budget and the stages are left unset, so that `Search` takes the study's own,
+    as for any resume."""
     stored: dict[str, Any] = study.user_attrs.get(CONFIG_ATTR) or {}
     if not stored:
         raise NasError(f"study {study.study_name!r} was not made by nas search; start it with nas search first")
-    space = space_from_stored(stored["space"], f"study {study.study_name}")
     device = stored["device"]
     threads = int(device.split(":")[1].removesuffix("threads")) if device.startswith("cpu:") else None
     return SearchConfig(
-        study=args.study, storage=args.storage, space=space, task=stored["task"]["name"],
-        task_options=stored["task"]["options"], latency_ms=stored["budget"]["latency_ms"],
-        memory_mb=stored["budget"]["memory_mb"], trials=trials_limit(args), step_budget=args.step_budget, timeout_s=args.timeout, started_at=args.started_at, keep_checkpoints=args.keep_checkpoints,
+        study=args.study, storage=args.storage, trials=trials_limit(args), step_budget=args.step_budget,
+        timeout_s=args.timeout, started_at=args.started_at, keep_checkpoints=args.keep_checkpoints,
         sampler=args.sampler, pruner=args.pruner,
-        device=args.device, seed=args.seed, sampler_seed=args.sampler_seed, stages=tuple(stored["stages"]),
+        device=args.device, seed=args.seed, sampler_seed=args.sampler_seed,
         population=args.population,
         tournament=args.tournament, mutation_prob=args.mutation_prob, hurdle_trials=args.hurdle_trials,
         hurdle_signal=args.hurdle_signal, hurdle_rule=args.hurdle_rule, selection_signal=args.selection_signal,

@@ -1346,7 +1346,7 @@ def test_a_study_whose_space_lost_a_knob_to_the_task_resumes(tmp_path):
     bare = dict(space=None, task=None, task_options={})
     assert Search(tiny_config(tmp_path, trials=2, **bare), log=io.StringIO()).space.attention == ("full",)
     args = build_parser().parse_args(["worker", "--study", "t", "--storage", default_url("t", tmp_path)])
-    assert config_from_study(study, args).space.attention == ("full",)
+    assert Search(config_from_study(study, args), create=False, log=io.StringIO()).space.attention == ("full",)
     # A study made before: the empty list stored. The same space, not a refusal.
     config = dict(study.user_attrs[CONFIG_ATTR])
     config["space"] = {**config["space"], "definition": {**config["space"]["definition"], "knobs": {"window": []}}}
